@@ -1,0 +1,93 @@
+"""Builds a run's parts from the config: device, model, alpha schedule, task distribution, optimizer.
+
+Leaf objects come from `hydra.utils.instantiate` on their `_target_`, so a user's own module works
+with `model._target_=my.pkg.Net`. Errors raised by a constructor for a bad setting surface as the
+original one-line `UserError`, not wrapped in Hydra's instantiation traceback.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from mamlrun.errors import ConfigError, UserError
+from mamlrun.maml import AlphaSchedule
+
+# compile=auto turns torch.compile on only for runs long enough to repay its start-up cost
+COMPILE_MIN_ITERATIONS = 2000
+
+
+def construct(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`instantiate(node, **kwargs)`, re-raising our own one-line errors unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        first = str(cause or exc).strip().splitlines()
+        raise UserError(f"{key}: could not build {target}: {first[-1] if first else exc}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "device", name, "no CUDA device is available here; use device=cpu or device=auto"
+            )
+        return torch.device(name)
+    raise ConfigError("device", name, "choose auto, cpu, cuda or cuda:N")
+
+
+def resolve_compile(setting: Any, device: torch.device, iterations: int) -> bool:
+    """compile: true/false, or auto (long runs with a C++ compiler on CPU, or any CUDA run)."""
+    if isinstance(setting, bool):
+        return setting
+    if str(setting) != "auto":
+        raise ConfigError("compile", setting, "choose auto, true or false")
+    if iterations < COMPILE_MIN_ITERATIONS:
+        return False
+    return device.type == "cuda" or shutil.which("c++") is not None or shutil.which("g++") is not None
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    model = construct(cfg.model, "model")
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"model._target_={cfg.model._target_} built a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def build_alpha(cfg: DictConfig, model: nn.Module) -> AlphaSchedule:
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    alpha = construct(cfg.alpha, "alpha", param_shapes=shapes, num_steps=int(cfg.inner_steps))
+    if not isinstance(alpha, AlphaSchedule):
+        raise UserError(f"alpha._target_={cfg.alpha._target_} is not a mamlrun.maml.AlphaSchedule")
+    return alpha
+
+
+def build_tasks(cfg: DictConfig) -> Any:
+    return construct(cfg.domain.tasks, "domain.tasks")
+
+
+def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    factory = construct(cfg.optimizer, "optimizer")
+    try:
+        return factory(params=list(params))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"optimizer: {exc}") from None

@@ -1,0 +1,39 @@
+"""Exceptions that end a run with a one-line message instead of a traceback.
+
+`UserError` covers everything the user can fix (a bad setting, a missing file, a corrupt
+checkpoint, a diverged run); the CLI prints its message and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix; its message is the whole report."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A setting has a value outside its valid range."""
+
+    def __init__(self, key: str, value: object, valid: str) -> None:
+        super().__init__(f"{key}={value!r} is invalid: {valid}")
+        self.key, self.value, self.valid = key, value, valid
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupt, unsafe or does not fit the configured run."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -1,0 +1,115 @@
+"""Hydra task functions and the trainer table: the only place that knows about domain kinds.
+
+`train(cfg)` is module-level and picklable so every Hydra launcher (basic, joblib, submitit) and
+sweeper (Optuna) can run it. User errors end the job with a one-line message and a non-zero exit
+code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mamlrun.errors import ConfigError, Interrupted, UserError
+from mamlrun.validation import KINDS, validate_run
+
+log = logging.getLogger("mamlrun")
+
+Trainer = Callable[[DictConfig, Path], float]
+
+
+def _supervised(cfg: DictConfig, run_dir: Path) -> float:
+    from mamlrun.trainers import supervised
+
+    return supervised.train(cfg, run_dir)
+
+
+def _rl(cfg: DictConfig, run_dir: Path) -> float:
+    raise UserError("domain.kind=rl: the meta-RL trainer is not part of this version of mamlrun yet")
+
+
+TRAINERS: dict[str, Trainer] = {"regression": _supervised, "classification": _supervised, "rl": _rl}
+
+
+def report_and_exit(exc: UserError | Interrupted) -> None:
+    """Print the one-line message (and record it in the run's log file), then exit non-zero."""
+    level = logging.WARNING if isinstance(exc, Interrupted) else logging.ERROR
+    record = log.makeRecord(log.name, level, __file__, 0, "%s", (exc,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):  # the terminal gets the line below instead
+            handler.handle(record)
+    print(
+        f"mamlrun: {'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(exc.exit_code)
+
+
+def train(cfg: DictConfig) -> float:
+    """Meta-train (and meta-test) one configuration; returns the best validation metric."""
+    try:
+        validate_run(cfg)
+        kind = cfg.domain.kind
+        if kind not in TRAINERS:
+            raise ConfigError("domain.kind", kind, f"choose one of {', '.join(KINDS)}")
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        log.info("run directory: %s", run_dir)
+        return TRAINERS[kind](cfg, run_dir)
+    except (UserError, Interrupted) as exc:
+        report_and_exit(exc)
+    raise AssertionError("unreachable")
+
+
+def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
+    """Re-run the meta-test protocol on a checkpoint (or a run dir), with optional overrides."""
+    from mamlrun import checkpoint as ckpt
+
+    try:
+        path = ckpt.find_checkpoint(Path(target))
+        state = ckpt.load_checkpoint(path)
+        cfg = OmegaConf.create(state["config"])
+        OmegaConf.set_struct(cfg, True)
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UserError(f"override {item!r} is not of the form key=value")
+            if OmegaConf.select(
+                cfg, key.lstrip("+"), default="<missing>"
+            ) == "<missing>" and not key.startswith("+"):
+                raise UserError(f"override {item!r}: no setting named {key!r} in this run's config")
+            OmegaConf.update(cfg, key.lstrip("+"), _parse(value), force_add=key.startswith("+"))
+        validate_run(cfg)
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        if cfg.domain.kind not in ("regression", "classification"):
+            raise UserError(f"mamlrun eval does not handle domain.kind={cfg.domain.kind} yet")
+        from mamlrun.tracking import Tracker
+        from mamlrun.trainers.supervised import build_parts
+        from mamlrun.trainers.supervised_eval import supervised_meta_test
+
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        parts = build_parts(cfg)
+        tracker = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), None)
+        try:
+            results = supervised_meta_test(cfg, parts, run_dir, tracker, checkpoint=path)
+        finally:
+            tracker.finish()
+        return results[0].final
+    except UserError as exc:
+        report_and_exit(exc)
+    raise AssertionError("unreachable")
+
+
+def _parse(value: str):
+    """An override's value with YAML typing (numbers, lists, null), like Hydra's own parser."""
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value

@@ -1,0 +1,167 @@
+"""Metric sinks: a local `metrics.jsonl` (always) and Weights & Biases (when enabled).
+
+W&B runs offline unless WANDB_MODE (or `logger.mode`) says otherwise, so no account is needed;
+`wandb sync <run_dir>/wandb/offline-run-*` uploads later. Any W&B failure is logged once and the
+run goes on with local logging only. The W&B run id is kept in the run dir (and the checkpoint)
+so a resumed run continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "wandb_run_id.txt"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and numpy scalars to floats, so JSON and W&B both take them."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    return value
+
+
+class Tracker:
+    """Logs metrics to metrics.jsonl and, optionally, to W&B.
+
+    Args:
+        run_dir: the run directory (Hydra's output dir).
+        config: the resolved config as a plain dict (logged to W&B).
+        wandb_settings: None to disable W&B, else keyword arguments for `wandb.init`
+            (project, entity, group, tags, mode, name, job_type).
+        resume_step: on resume, metric records after this step are dropped from metrics.jsonl
+            (they belong to iterations that will be redone).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Mapping[str, Any],
+        wandb_settings: Mapping[str, Any] | None,
+        resume_step: int | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        self._jsonl = self.metrics_path.open("a", encoding="utf-8")
+        self.wandb_run = None
+        if wandb_settings is not None and wandb_settings.get("mode") != "disabled":
+            self._start_wandb(config, dict(wandb_settings))
+
+    # ------------------------------------------------------------------ W&B
+    def _start_wandb(self, config: Mapping[str, Any], settings: dict[str, Any]) -> None:
+        id_file = self.run_dir / RUN_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        try:
+            import wandb
+
+            self.wandb_run = wandb.init(
+                config=dict(config),
+                dir=str(self.run_dir),
+                id=run_id,
+                resume="allow" if run_id else None,
+                **{k: v for k, v in settings.items() if v is not None},
+            )
+            id_file.write_text(self.wandb_run.id + "\n")
+        except Exception as exc:
+            log.warning("W&B failed to start (%s); logging to %s only", exc, self.metrics_path)
+            self.wandb_run = None
+
+    def _wandb_call(self, what: str, fn, *args, **kwargs) -> None:
+        if self.wandb_run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            log.warning("W&B %s failed (%s); logging to %s only from now on", what, exc, self.metrics_path)
+            self.wandb_run = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.wandb_run.id if self.wandb_run is not None else None
+
+    # ------------------------------------------------------------------ logging
+    def _truncate_after(self, step: int) -> None:
+        if not self.metrics_path.is_file():
+            return
+        kept = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", -1) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+        self.metrics_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Record `metrics` at iteration `step` in both sinks."""
+        record = {k: _plain(v) for k, v in metrics.items()}
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self._jsonl.flush()
+        self._wandb_call("log", lambda: self.wandb_run.log(record, step=step))
+
+    def summary(self, metrics: Mapping[str, Any]) -> None:
+        """Final values (W&B run summary)."""
+        self._wandb_call("summary", lambda: self.wandb_run.summary.update(dict(metrics)))
+
+    def log_figure(self, key: str, path: Path, step: int | None = None) -> None:
+        """Attach a saved figure (PNG) to the W&B run."""
+
+        def _log() -> None:
+            import wandb
+
+            self.wandb_run.log({key: wandb.Image(str(path))}, step=step)
+
+        self._wandb_call("image upload", _log)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close both sinks; always called, also when the run fails."""
+        if not self._jsonl.closed:
+            self._jsonl.close()
+        self._wandb_call("finish", lambda: self.wandb_run.finish(exit_code=exit_code))
+        self.wandb_run = None
+
+
+def wandb_settings(cfg: Any) -> dict[str, Any] | None:
+    """`wandb.init` keyword arguments from `cfg.logger`, or None when W&B is off.
+
+    Jobs of one Hydra multirun share a W&B group (the sweep directory's name) unless
+    `logger.group` is set.
+    """
+    logger_cfg = cfg.logger
+    if not logger_cfg.get("wandb", False):
+        return None
+    group = logger_cfg.get("group")
+    name = logger_cfg.get("name")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
+            group = Path(hydra_cfg.sweep.dir).name
+        if name is None:
+            name = Path(hydra_cfg.runtime.output_dir).name
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                name = f"{Path(hydra_cfg.sweep.dir).name}-{hydra_cfg.job.num}"
+    except ValueError:  # not inside a Hydra app (e.g. `mamlrun eval`)
+        pass
+    return {
+        "project": logger_cfg.get("project", "mamlrun"),
+        "entity": logger_cfg.get("entity"),
+        "group": group,
+        "name": name,
+        "tags": list(logger_cfg.get("tags") or []),
+        "mode": logger_cfg.get("mode", "offline"),
+        "job_type": logger_cfg.get("job_type", "train"),
+    }

@@ -1,0 +1,1 @@
+"""Trainers, chosen by `cfg.domain.kind` through an explicit table (see `mamlrun.run`)."""

@@ -1,0 +1,62 @@
+"""Shared helpers: real Hydra composition of conf/, the real CLI in a subprocess, W&B offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+# No test may talk to W&B's servers; offline runs still write real local run files.
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose_config(overrides: Sequence[str] = (), hydra_cfg: bool = False) -> DictConfig:
+    """The config `mamlrun train <overrides>` would run, composed by Hydra from conf/."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None, check: bool = False
+) -> subprocess.CompletedProcess:
+    """Run the real `mamlrun` command line (as `python -m mamlrun`)."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mamlrun", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"mamlrun {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def smoke_overrides(run_dir: Path, *extra: str) -> list[str]:
+    """A seconds-long CPU run in `run_dir`."""
+    return ["debug=smoke", f"hydra.run.dir={run_dir}", *extra]
+
+
+@pytest.fixture
+def smoke_cfg():
+    """Compose a debug=smoke config with extra overrides (for in-process trainer calls)."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(["debug=smoke", *overrides])
+
+    return make

@@ -1,0 +1,81 @@
+"""The command line: bad input gets one line and a non-zero exit; eval, configs and version work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli, smoke_overrides
+
+BAD_SETTINGS = [
+    ("domain.shots=0", "domain.shots=0 is invalid"),
+    ("domain.shots=-3", "domain.shots=-3 is invalid"),
+    ("meta_batch=0", "meta_batch=0 is invalid"),
+    ("alpha.value=0", "alpha.value=0 is invalid"),
+    ("alpha.value=-0.5", "alpha.value=-0.5 is invalid"),
+    ("alpha=per_step alpha.values=[0.1,-1]", "alpha.values[1]=-1 is invalid"),
+    ("domain.tasks.amplitude=[5.0,0.1]", "domain.tasks.amplitude=[5.0, 0.1] is invalid"),
+    ("domain.tasks.phase=[3.0,1.0]", "domain.tasks.phase=[3.0, 1.0] is invalid"),
+    ("eval.shots=[5,0]", "eval.shots[1]=0 is invalid"),
+    ("device=tpu", "device='tpu' is invalid"),
+    ("compile=maybe", "compile='maybe' is invalid"),
+    ("model.activation=swish", "model.activation='swish' is invalid"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_SETTINGS, ids=[b[0] for b in BAD_SETTINGS])
+def test_bad_setting_is_one_line_and_nonzero(tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *smoke_overrides(run_dir, *override.split()), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"mamlrun: error: {message}"), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (run_dir / "checkpoints").exists()  # rejected before anything ran
+
+
+def test_eval_reruns_the_protocol_with_overrides(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
+    first = json.loads((run_dir / "eval.json").read_text())
+    proc = run_cli("eval", str(run_dir), "eval.tasks=12", "eval.shots=[5]", "eval.steps=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((run_dir / "eval.json").read_text())
+    assert [(r["shots"], r["num_tasks"], len(r["steps"])) for r in again["results"]] == [(5, 12, 4)]
+    assert again["checkpoint"] == first["checkpoint"]
+    # the same checkpoint and the same seeded tasks give the same numbers as the end of training
+    proc = run_cli("eval", str(run_dir / "checkpoints" / "best.pt"), cwd=tmp_path, check=True)
+    assert json.loads((run_dir / "eval.json").read_text())["results"] == first["results"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["missing_dir"], "checkpoint not found"),
+        (["RUN", "no_such_key=3"], "no setting named 'no_such_key'"),
+        (["RUN", "eval.tasks=0"], "eval.tasks=0 is invalid"),
+    ],
+)
+def test_eval_bad_input(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    if "RUN" in args:
+        run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
+    proc = run_cli("eval", *[str(run_dir) if a == "RUN" else a for a in args], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+
+
+def test_bare_overrides_mean_train(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*smoke_overrides(run_dir), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (run_dir / "eval.json").is_file()
+
+
+def test_configs_and_version(tmp_path):
+    proc = run_cli("configs", cwd=tmp_path, check=True)
+    for text in ["alpha  (default: constant)", "meta_sgd", "sinusoid_paper", "hydra/launcher", "slurm_gpu"]:
+        assert text in proc.stdout
+    proc = run_cli("version", cwd=tmp_path, check=True)
+    assert proc.stdout.startswith("mamlrun ") and "torch" in proc.stdout

@@ -1,0 +1,124 @@
+"""Every option of every config group composes (and builds), presets hold the paper's values,
+multirun makes one run per value, and a bad override fails cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mamlrun.build import build_alpha, build_model, build_optimizer, build_tasks
+from mamlrun.cli import describe_options
+from tests.conftest import CONF_DIR, compose_config, run_cli
+
+GROUPS = describe_options(CONF_DIR)
+JOB_GROUPS = ["domain", "model", "optimizer", "order", "alpha", "logger", "experiment", "debug"]
+
+
+def options(group: str) -> list[str]:
+    return [name for name, _ in GROUPS[group]]
+
+
+def test_the_groups_of_the_design_exist():
+    for group in [*JOB_GROUPS, "hparams_search", "hydra/launcher"]:
+        assert options(group), f"config group {group} has no options"
+    assert {"constant", "per_step", "halving", "learned", "meta_sgd"} <= set(options("alpha"))
+    assert {"second", "first"} == set(options("order"))
+    assert {"sinusoid_paper", "sinusoid_paper_k5", "sinusoid_paper_k20", "pretrain"} <= set(
+        options("experiment")
+    )
+
+
+def test_every_option_has_a_description():
+    for group, entries in GROUPS.items():
+        for name, description in entries:
+            assert len(description) > 10, (
+                f"conf/{group}/{name}.yaml needs a first-line comment saying what it is"
+            )
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in JOB_GROUPS for o in options(g)])
+def test_every_option_composes_and_builds(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    model = build_model(cfg)
+    alpha = build_alpha(cfg, model)
+    build_optimizer(cfg, [*model.parameters(), *alpha.parameters()])
+    build_tasks(cfg)
+    assert cfg.domain.kind in ("regression", "classification", "rl")
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_debug_smoke_shrinks_every_preset(experiment):
+    cfg = compose_config([f"experiment={experiment}", "debug=smoke"])
+    assert cfg.meta_iterations <= 5 and cfg.eval.tasks <= 10 and cfg.device == "cpu"
+    assert cfg.logger.wandb is False
+
+
+def test_paper_presets_hold_the_papers_settings():
+    for name, shots in [("sinusoid_paper", 10), ("sinusoid_paper_k5", 5), ("sinusoid_paper_k20", 20)]:
+        cfg = compose_config([f"experiment={name}"])
+        assert (cfg.domain.shots, cfg.domain.query) == (shots, shots)
+        assert (cfg.meta_batch, cfg.meta_iterations, cfg.inner_steps) == (25, 70000, 1)
+        assert cfg.alpha.value == 0.01 and cfg.optimizer.lr == 0.001 and cfg.order.first_order is False
+        assert list(cfg.model.hidden) == [40, 40] and cfg.model.activation == "relu"
+        assert tuple(cfg.domain.tasks.amplitude) == (0.1, 5.0) and tuple(cfg.domain.tasks.x_range) == (
+            -5.0,
+            5.0,
+        )
+        assert cfg.eval.steps == 10 and list(cfg.eval.shots) == [5, 10, 20]
+    assert compose_config(["experiment=pretrain"]).inner_steps == 0
+
+
+def test_alpha_group_reads_the_domains_inner_lr():
+    cfg = compose_config(["alpha=learned", "domain.inner_lr=0.2", "inner_steps=3"])
+    alpha = build_alpha(cfg, build_model(cfg))
+    assert all(float(p.min()) == pytest.approx(0.2) and p.numel() == 3 for p in alpha.parameters())
+
+
+@pytest.mark.parametrize("launcher,target", [("local_parallel", "joblib"), ("slurm_gpu", "submitit")])
+def test_launcher_presets_compose(launcher, target):
+    cfg = compose_config([f"hydra/launcher={launcher}"], hydra_cfg=True)
+    assert target in cfg.hydra.launcher._target_.lower()
+    if launcher == "slurm_gpu":
+        assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_optuna_preset_composes():
+    cfg = compose_config(["hparams_search=sinusoid_optuna"], hydra_cfg=True)
+    assert "optuna" in cfg.hydra.sweeper._target_.lower()
+    assert cfg.hydra.sweeper.direction == "minimize"
+    assert set(cfg.hydra.sweeper.params) == {"alpha.value", "optimizer.lr"}
+    instantiate(cfg.hydra.sweeper.sampler)
+
+
+def test_multirun_makes_one_run_per_value(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train", "-m", "order=first,second", "debug=smoke", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    orders = [OmegaConf.load(job / ".hydra" / "config.yaml").order.name for job in jobs]
+    assert orders == ["first", "second"]
+    for job in jobs:
+        assert json.loads((job / "eval.json").read_text())["results"]
+        assert (job / "checkpoints" / "last.pt").is_file()
+
+
+def test_bad_group_option_exits_nonzero_naming_the_choices(tmp_path):
+    proc = run_cli("train", "domain=nope", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr and "sinusoid" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_train_help_is_hydras_with_the_config_groups(tmp_path):
+    proc = run_cli("train", "--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "mamlrun train" in proc.stdout
+    for group in ["domain:", "alpha:", "order:", "experiment:"]:
+        assert group in proc.stdout

@@ -1,0 +1,97 @@
+"""A real W&B run in offline mode: its local files hold the logged config and metrics."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from tests.conftest import run_cli, smoke_overrides
+
+try:
+    from wandb.proto import wandb_internal_pb2
+except ImportError:  # pragma: no cover - wandb is a hard dependency
+    wandb_internal_pb2 = None
+
+BLOCK = 32 * 1024
+HEADER = 7  # ":W&B" magic (4) + 0xBEE1 (2) + version (1), then LevelDB-log records
+
+
+def read_records(path: Path) -> list:
+    """Decode a .wandb transaction log (LevelDB log format: 32 KiB blocks of CRC/len/type records)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    records, pos, pending = [], HEADER, b""
+    while pos + 7 <= len(data):
+        room = BLOCK - (pos % BLOCK)
+        if room < 7:  # block trailer padding
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            break
+        pending += chunk
+        if kind in (1, 4):  # FULL or LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def offline_run(run_dir: Path) -> Path:
+    runs = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert runs, f"no offline W&B run under {run_dir / 'wandb'}"
+    return runs[-1]
+
+
+def test_offline_run_files_hold_the_config_and_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "train", *smoke_overrides(run_dir, "logger=wandb", "meta_batch=3", "logger.tags=[ci]"), cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = read_records(offline_run(run_dir))
+    config = {
+        item.key: item.value_json
+        for r in records
+        for field in ("run", "config")
+        if r.HasField(field)
+        for item in (r.run.config.update if field == "run" else r.config.update)
+    }
+    assert config["meta_batch"] == "3"
+    assert json.loads(config["domain"])["name"] == "sinusoid"
+    assert json.loads(config["order"]) == {"name": "second", "first_order": False}
+    assert json.loads(config["logger"])["tags"] == ["ci"]
+    history = [
+        {item.key or "/".join(item.nested_key): item.value_json for item in r.history.item}
+        for r in records
+        if r.HasField("history")
+    ]
+    losses = [h for h in history if "train/loss" in h]
+    assert [int(h["_step"]) for h in losses] == [2, 4]
+    assert all(float(h["train/loss"]) > 0 for h in losses)
+    assert any("eval/mse_k5_step2" in h for h in history)
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    assert offline_run(run_dir).name == f"run-{run_id}.wandb"
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("train", *smoke_overrides(run_dir, "logger=wandb"), cwd=tmp_path, check=True)
+    first_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    run_cli("train", *smoke_overrides(run_dir, "logger=wandb", "meta_iterations=6"), cwd=tmp_path, check=True)
+    assert (run_dir / "wandb_run_id.txt").read_text().strip() == first_id
+    assert {p.name for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")} == {
+        f"run-{first_id}.wandb"
+    }
+
+
+def test_a_wandb_failure_does_not_stop_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *smoke_overrides(run_dir, "logger=wandb", "logger.mode=not-a-mode"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "W&B failed to start" in proc.stderr + proc.stdout
+    assert (run_dir / "eval.json").is_file() and "train/loss" in (run_dir / "metrics.jsonl").read_text()
