@@ -94,15 +94,19 @@ class MetaObjective:
 
     def __call__(self, meta_params: Mapping[str, Mapping[str, Tensor]], support: Any, query: Any):
         """The meta-gradient w.r.t. `meta_params` = {"model": {...}, "alpha": {...}}."""
-        params: MetaParams = {group: dict(p) for group, p in meta_params.items()}
+        # Detached: the gradient comes from torch.func, and inputs that require grad would make
+        # torch.compile build (and run) an autograd graph around the whole function for nothing.
+        params: MetaParams = {group: {k: v.detach() for k, v in p.items()} for group, p in meta_params.items()}
         total = num_tasks(support)
         chunk = self.chunk_size or total
         grads, loss_sum, pre_sum = None, 0.0, 0.0
         for start in range(0, total, chunk):
             stop = min(start + chunk, total)
-            g, (_, (post, pre)) = self._run_chunk(
-                params, task_slice(support, start, stop), task_slice(query, start, stop), total
-            )
+            if chunk < total:
+                support_chunk, query_chunk = task_slice(support, start, stop), task_slice(query, start, stop)
+            else:
+                support_chunk, query_chunk = support, query
+            g, (_, (post, pre)) = self._run_chunk(params, support_chunk, query_chunk, total)
             grads = g if grads is None else tree_map(torch.add, grads, g)
             loss_sum, pre_sum = loss_sum + post, pre_sum + pre
         return MetaGradient(grads=grads, loss=loss_sum / total, pre_loss=pre_sum / total)
