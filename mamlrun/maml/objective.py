@@ -96,7 +96,9 @@ class MetaObjective:
         """The meta-gradient w.r.t. `meta_params` = {"model": {...}, "alpha": {...}}."""
         # Detached: the gradient comes from torch.func, and inputs that require grad would make
         # torch.compile build (and run) an autograd graph around the whole function for nothing.
-        params: MetaParams = {group: {k: v.detach() for k, v in p.items()} for group, p in meta_params.items()}
+        params: MetaParams = {
+            group: {k: v.detach() for k, v in p.items()} for group, p in meta_params.items()
+        }
         total = num_tasks(support)
         chunk = self.chunk_size or total
         grads, loss_sum, pre_sum = None, 0.0, 0.0
