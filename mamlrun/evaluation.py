@@ -32,6 +32,7 @@ class CurveResult:
     ci95: list[float]
     num_tasks: int
     paper: dict[str, float] = field(default_factory=dict)  # step -> the paper's figure, when known
+    diverged_tasks: int = 0  # tasks whose metric became NaN/inf during adaptation (mean is then inf/nan)
 
     @property
     def final(self) -> float:
@@ -93,6 +94,7 @@ def to_result(
         ci95=ci,
         num_tasks=int(values.shape[0]),
         paper={str(k): float(v) for k, v in (paper or {}).items()},
+        diverged_tasks=int((~torch.isfinite(values)).any(dim=1).sum()),
     )
 
 
@@ -115,17 +117,34 @@ def format_table(results: Sequence[CurveResult], scale: float = 1.0, unit: str =
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*row) for row in rows]
+    for r in results:
+        if r.diverged_tasks:
+            lines.append(
+                f"K={r.shots}: adaptation diverged (NaN/inf) on {r.diverged_tasks} of {r.num_tasks} tasks"
+            )
     return "\n".join(lines)
 
 
+def _finite_or_none(value: Any) -> Any:
+    """Strict JSON has no NaN/Infinity: non-finite numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
+
+
 def write_eval_json(path: Path, results: Sequence[CurveResult], **extra: Any) -> None:
-    """`eval.json`: every curve with its mean and CI, plus where it came from."""
+    """`eval.json`: every curve with its mean and CI, plus where it came from (strict JSON)."""
     payload = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **extra,
         "results": [asdict(r) for r in results],
     }
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(_finite_or_none(payload), indent=2, allow_nan=False)
+    Path(path).write_text(text + "\n", encoding="utf-8")
 
 
 def wandb_metrics(results: Sequence[CurveResult], prefix: str = "eval") -> dict[str, float]:

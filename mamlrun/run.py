@@ -75,15 +75,7 @@ def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
         state = ckpt.load_checkpoint(path)
         cfg = OmegaConf.create(state["config"])
         OmegaConf.set_struct(cfg, True)
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise UserError(f"override {item!r} is not of the form key=value")
-            if OmegaConf.select(
-                cfg, key.lstrip("+"), default="<missing>"
-            ) == "<missing>" and not key.startswith("+"):
-                raise UserError(f"override {item!r}: no setting named {key!r} in this run's config")
-            OmegaConf.update(cfg, key.lstrip("+"), _parse(value), force_add=key.startswith("+"))
+        apply_overrides(cfg, overrides)
         validate_run(cfg)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         if cfg.domain.kind not in ("regression", "classification"):
@@ -105,11 +97,24 @@ def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
     raise AssertionError("unreachable")
 
 
-def _parse(value: str):
-    """An override's value with YAML typing (numbers, lists, null), like Hydra's own parser."""
-    import yaml
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """Apply `key=value` / `+key=value` overrides with Hydra's own parser (same value syntax)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise UserError(f"bad override: {str(exc).splitlines()[0]}") from None
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_delete() or override.is_sweep_override():
+            raise UserError(
+                f"override {override.input_line!r}: only key=value and +key=value are allowed here"
+            )
+        exists = OmegaConf.select(cfg, key, default="<missing>") != "<missing>"
+        if not exists and not override.is_add():
+            raise UserError(
+                f"override {override.input_line!r}: no setting named {key!r} in this run's config"
+            )
+        OmegaConf.update(cfg, key, override.value(), force_add=override.is_add())

@@ -79,3 +79,31 @@ def test_configs_and_version(tmp_path):
         assert text in proc.stdout
     proc = run_cli("version", cwd=tmp_path, check=True)
     assert proc.stdout.startswith("mamlrun ") and "torch" in proc.stdout
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
+    proc = run_cli("resume", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mamlrun: error: {tmp_path / 'nowhere'} is not a mamlrun run directory "
+        f"(no {tmp_path / 'nowhere' / '.hydra' / 'overrides.yaml'})"
+    ]
+
+
+def test_hydra_flags_pass_through(tmp_path):
+    proc = run_cli("train", "--cfg", "job", "experiment=sinusoid_paper_k5", cwd=tmp_path, check=True)
+    assert "shots: 5" in proc.stdout and "meta_iterations: 70000" in proc.stdout
+    proc = run_cli("train", "--info", "defaults", cwd=tmp_path, check=True)
+    assert "domain/sinusoid" in proc.stdout
+
+
+def test_diverging_adaptation_is_reported_not_hidden(tmp_path):
+    """A huge test-time alpha makes adaptation blow up: eval.json stays strict JSON and says so."""
+    run_dir = tmp_path / "run"
+    run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
+    proc = run_cli("eval", str(run_dir), "alpha.value=1e6", "eval.steps=6", "eval.shots=[5]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((run_dir / "eval.json").read_text())["results"][0]
+    assert result["diverged_tasks"] == result["num_tasks"] == 8
+    assert result["mean"][-1] is None and result["mean"][0] is not None
+    assert "adaptation diverged (NaN/inf) on 8 of 8 tasks" in proc.stderr + proc.stdout

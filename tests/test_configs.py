@@ -122,3 +122,38 @@ def test_train_help_is_hydras_with_the_config_groups(tmp_path):
     assert "mamlrun train" in proc.stdout
     for group in ["domain:", "alpha:", "order:", "experiment:"]:
         assert group in proc.stdout
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_and_sees_the_returned_metric(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        "hparams_search=sinusoid_optuna",
+        "debug=smoke",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.name == "optuna" and set(best.best_params) == {"alpha.value", "optimizer.lr"}
+    assert best.best_value > 0  # the validation MSE that train() returned
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_worker_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        "hydra/launcher=local_parallel",
+        "order=first,second",
+        "debug=smoke",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "eval.json").read_text())["results"]

@@ -21,7 +21,7 @@ Rates = dict[str, Tensor | float]
 
 
 def _check_positive(key: str, value: float) -> float:
-    if not value > 0:  # also rejects NaN
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:  # also rejects NaN
         raise ConfigError(key, value, "the inner step size must be a number > 0")
     return float(value)
 

@@ -276,12 +276,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             log.info("nothing to train (meta_iterations=%d, at iteration %d)", total, start)
             if not last_path.is_file():
                 save(ckpt.LAST, start)
-        supervised_meta_test(cfg, parts, run_dir, tracker)
+        results = supervised_meta_test(cfg, parts, run_dir, tracker)
         tracker.summary({"best/val_metric": best["metric"], "best/iteration": best["iteration"]})
         exit_code = 0
     finally:
         tracker.finish(exit_code)
-    return float(best["metric"])
+    # what sweeps optimise: the best validation metric, or the meta-test's when validation is off
+    return float(best["metric"]) if best["iteration"] >= 0 else results[0].final
 
 
 def diverged_message(loss: float, step: int, folder: Path) -> str:
