@@ -98,17 +98,21 @@ def to_result(
     )
 
 
-def format_table(results: Sequence[CurveResult], scale: float = 1.0, unit: str = "") -> str:
-    """A plain-text table: one row per test-time step, one column per shot count."""
+def format_table(results: Sequence[CurveResult]) -> str:
+    """A plain-text table: one row per test-time step, one column per shot count.
+
+    Accuracies are in percent with two decimals, losses with three.
+    """
     if not results:
         return "(no meta-test results)"
     metric = results[0].metric
+    unit, digits = ("%", 2) if metric == "acc" else ("", 3)
     head = ["step"] + [f"{metric} K={r.shots} (n={r.num_tasks})" for r in results]
     rows = []
     for i, step in enumerate(results[0].steps):
         cells = [str(step)]
         for r in results:
-            cell = f"{r.mean[i] * scale:.4g} ± {r.ci95[i] * scale:.2g}{unit}"
+            cell = f"{r.mean[i]:.{digits}f} ± {r.ci95[i]:.{digits}f}{unit}"
             if str(step) in r.paper:
                 cell += f"  (paper {r.paper[str(step)]:g})"
             cells.append(cell)

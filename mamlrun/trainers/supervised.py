@@ -30,7 +30,7 @@ from mamlrun.build import (
     resolve_device,
 )
 from mamlrun.errors import Interrupted, TrainingDiverged
-from mamlrun.evaluation import supervised_curves
+from mamlrun.evaluation import format_table, supervised_curves
 from mamlrun.maml import AlphaSchedule, MetaObjective, TaskLoss
 from mamlrun.progress import progress_bar
 from mamlrun.seeding import generator, seed_everything
@@ -280,7 +280,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         tracker.summary({"best/val_metric": best["metric"], "best/iteration": best["iteration"]})
         exit_code = 0
     finally:
+        printed_by_wandb = tracker.wandb_run is not None
         tracker.finish(exit_code)
+    if printed_by_wandb:  # W&B's run summary scrolled the table away: the table gets the last word
+        log.info("meta-test summary (also in %s)\n%s", run_dir / "eval.json", format_table(results))
     # what sweeps optimise: the best validation metric, or the meta-test's when validation is off
     return float(best["metric"]) if best["iteration"] >= 0 else results[0].final
 

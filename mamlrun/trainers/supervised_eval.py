@@ -90,7 +90,7 @@ def supervised_meta_test(
         cfg.eval.tasks,
         cfg.eval.seed,
         source,
-        format_table(results, unit=unit),
+        format_table(results),
     )
     run_dir = Path(run_dir)
     write_eval_json(
