@@ -15,6 +15,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from omegaconf.errors import InterpolationKeyError
 from torch import nn
 
 from mamlrun.errors import ConfigError, UserError
@@ -28,6 +29,11 @@ def construct(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """`instantiate(node, **kwargs)`, re-raising our own one-line errors unwrapped."""
     try:
         return instantiate(node, **kwargs)
+    except InterpolationKeyError as exc:
+        missing = str(exc).split("'")[1] if "'" in str(exc) else str(exc)
+        raise UserError(
+            f"{key}: needs {missing}, which this configuration lacks (the {key} does not fit the chosen domain)"
+        ) from None
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, UserError):

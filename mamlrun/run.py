@@ -14,7 +14,9 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from mamlrun.allocator import tune_allocator
 from mamlrun.errors import ConfigError, Interrupted, UserError
 from mamlrun.validation import KINDS, validate_run
 
@@ -53,6 +55,7 @@ def report_and_exit(exc: UserError | Interrupted) -> None:
 
 def train(cfg: DictConfig) -> float:
     """Meta-train (and meta-test) one configuration; returns the best validation metric."""
+    tune_allocator()
     try:
         validate_run(cfg)
         kind = cfg.domain.kind
@@ -63,6 +66,8 @@ def train(cfg: DictConfig) -> float:
         return TRAINERS[kind](cfg, run_dir)
     except (UserError, Interrupted) as exc:
         report_and_exit(exc)
+    except OmegaConfBaseException as exc:  # e.g. an interpolation that points nowhere
+        report_and_exit(UserError(f"config: {str(exc).strip().splitlines()[0]}"))
     raise AssertionError("unreachable")
 
 
@@ -70,6 +75,7 @@ def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
     """Re-run the meta-test protocol on a checkpoint (or a run dir), with optional overrides."""
     from mamlrun import checkpoint as ckpt
 
+    tune_allocator()
     try:
         path = ckpt.find_checkpoint(Path(target))
         state = ckpt.load_checkpoint(path)

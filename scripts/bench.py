@@ -1,49 +1,117 @@
-"""Speed benchmarks: mamlrun's meta-iteration against learn2learn's, side by side in one process.
+"""Speed and memory benchmarks: mamlrun's meta-iteration against learn2learn's, side by side.
 
 Every contender runs the same workload on the same pre-sampled meta-batches, and the contenders
 are interleaved round by round (this machine is shared and noisy), so the printed ratios compare
-like with like. A meta-iteration = meta-gradient of one meta-batch + one Adam step.
+like with like. A meta-iteration = meta-gradient of one meta-batch + one Adam step. Peak memory is
+measured per contender in a fresh subprocess (peak RSS on the CPU, peak allocated on a GPU) above
+what the same process holds once data and model are set up.
 
-    python scripts/bench.py                 # all suites
-    python scripts/bench.py --rounds 9      # more rounds, steadier medians
+    python scripts/bench.py                      # every suite
+    python scripts/bench.py --suite omniglot     # one suite
+    python scripts/bench.py --rounds 9           # more rounds, steadier medians
+
+torch.compile'd contenders compile before the clock starts (minutes the first time on a CPU; the
+compiled kernels are cached on disk for the next run).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import gc
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mamlrun.allocator import tune_allocator
+from mamlrun.compat import import_learn2learn
+from mamlrun.domains.fewshot import FewShotTasks, ImageSet
 from mamlrun.domains.sinusoid import SinusoidTasks
 from mamlrun.maml import ConstantAlpha, MetaObjective
-from mamlrun.models import MLP
+from mamlrun.models import MLP, Conv4
+
+L2L = "learn2learn MAML (clone/adapt)"
+DATA = Path(os.environ.get("MAMLRUN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def import_learn2learn():
-    """learn2learn imports the unmaintained `gym`, which prints a banner: keep it quiet."""
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        import learn2learn
+# --------------------------------------------------------------------------- workloads
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark setting: a model, a loss, a task sampler and MAML's settings."""
 
-    return learn2learn
+    title: str
+    make_model: Callable[[], nn.Module]
+    loss: Callable
+    sample: Callable[[torch.Generator, torch.device], object]
+    alpha: float
+    steps: int
+
+
+def sinusoid_workload() -> Workload:
+    tasks = SinusoidTasks()
+    return Workload(
+        "sinusoid, MLP 40-40, meta-batch 25, K=10, 1 step",
+        lambda: MLP(1, 1, [40, 40]),
+        F.mse_loss,
+        lambda g, device: tasks.sample(25, 10, 10, g, device),
+        0.01,
+        1,
+    )
+
+
+def omniglot_images() -> tuple[FewShotTasks, str]:
+    """The real minimal Omniglot sets when present, else random 28x28 images (timing is the same)."""
+    root = DATA / "omniglot"
+    if any(root.glob("*.zip")):
+        from mamlrun.domains.fewshot.omniglot import OmniglotTasks
+
+        return OmniglotTasks(str(root), ways=5, split="paper", train_classes=150, val_classes=20), "real"
+    labels = torch.arange(600).repeat_interleave(20)
+    images = torch.randint(0, 256, (len(labels), 1, 28, 28), dtype=torch.uint8)
+    return FewShotTasks(
+        ImageSet(images, labels, [str(c) for c in range(600)]), {"train": list(range(600))}, 5, "random"
+    ), "random"
+
+
+def omniglot_workload(ways: int, meta_batch: int, steps: int, alpha: float) -> Workload:
+    tasks, kind = omniglot_images()
+    tasks.ways = ways
+
+    return Workload(
+        f"Omniglot {ways}-way 1-shot ({kind} images), conv4, meta-batch {meta_batch}, {steps} step(s)",
+        lambda: Conv4(1, ways),
+        F.cross_entropy,
+        lambda g, device: tasks.sample(meta_batch, 1, 1, g, device),
+        alpha,
+        steps,
+    )
+
+
+WORKLOADS: dict[str, Callable[[], Workload]] = {
+    "sinusoid": sinusoid_workload,
+    "omniglot5": lambda: omniglot_workload(5, 32, 1, 0.4),
+    "omniglot20": lambda: omniglot_workload(20, 16, 5, 0.1),
+}
 
 
 # --------------------------------------------------------------------------- contenders
-def mamlrun_step(model: nn.Module, alpha_value: float, steps: int, first_order: bool, compile: bool):
+def mamlrun_step(w: Workload, model: nn.Module, first_order: bool, compile: bool, chunk: int | None = None):
     """One mamlrun meta-iteration (MetaObjective + Adam), as the supervised trainer runs it."""
-    alpha = ConstantAlpha(alpha_value, {n: p.shape for n, p in model.named_parameters()}, steps)
+    alpha = ConstantAlpha(w.alpha, {n: p.shape for n, p in model.named_parameters()}, w.steps)
 
     def task_loss(params, data):
-        return F.mse_loss(torch.func.functional_call(model, params, (data[0],)), data[1])
+        return w.loss(torch.func.functional_call(model, params, (data[0],)), data[1])
 
-    objective = MetaObjective(task_loss, alpha, steps, first_order, compile=compile)
+    objective = MetaObjective(task_loss, alpha, w.steps, first_order, chunk, compile=compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as conf/optimizer/adam.yaml
 
     def step(batch) -> None:
@@ -55,10 +123,10 @@ def mamlrun_step(model: nn.Module, alpha_value: float, steps: int, first_order: 
     return step
 
 
-def learn2learn_step(model: nn.Module, alpha_value: float, steps: int, first_order: bool):
+def learn2learn_step(w: Workload, model: nn.Module, first_order: bool):
     """One learn2learn meta-iteration: clone and adapt per task (its documented usage) + Adam."""
     l2l = import_learn2learn()
-    maml = l2l.algorithms.MAML(model, lr=alpha_value, first_order=first_order)
+    maml = l2l.algorithms.MAML(model, lr=w.alpha, first_order=first_order)
     optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3, fused=True)  # the same optimizer
 
     def step(batch) -> None:
@@ -67,34 +135,52 @@ def learn2learn_step(model: nn.Module, alpha_value: float, steps: int, first_ord
         total = 0.0
         for t in range(xs.shape[0]):
             learner = maml.clone()
-            for _ in range(steps):
-                learner.adapt(F.mse_loss(learner(xs[t]), ys[t]))
-            total = total + F.mse_loss(learner(xq[t]), yq[t])
+            for _ in range(w.steps):
+                learner.adapt(w.loss(learner(xs[t]), ys[t]))
+            total = total + w.loss(learner(xq[t]), yq[t])
         (total / xs.shape[0]).backward()
         optimizer.step()
 
     return step
 
 
-# --------------------------------------------------------------------------- timing
-L2L = "learn2learn MAML (clone/adapt)"
+def make_contender(w: Workload, spec: str, device: torch.device):
+    """spec: 'l2l[:first]' or 'mamlrun:<eager|compiled>[:first][:chunk=N]'."""
+    parts = spec.split(":")
+    first = "first" in parts
+    torch.manual_seed(0)
+    model = w.make_model().to(device)
+    if parts[0] == "l2l":
+        return learn2learn_step(w, model, first)
+    chunk = next((int(p.split("=")[1]) for p in parts if p.startswith("chunk=")), None)
+    return mamlrun_step(w, model, first, compile="compiled" in parts, chunk=chunk)
 
 
+def label(spec: str) -> str:
+    parts = spec.split(":")
+    if parts[0] == "l2l":
+        return L2L + (" first order" if "first" in parts else "")
+    text = "mamlrun " + parts[1] + (" first order" if "first" in parts else "")
+    chunk = next((p for p in parts if p.startswith("chunk=")), None)
+    return text + (f" ({chunk.replace('=', ' ')})" if chunk else "")
+
+
+# --------------------------------------------------------------------------- measuring
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def interleaved(
-    contenders: dict[str, Callable], batches: list, rounds: int, iters: int, device: torch.device
+    steps: dict[str, Callable], batches: list, rounds: int, iters: int, device
 ) -> dict[str, float]:
-    """Median ms per iteration of each contender, timed round-robin."""
-    for step in contenders.values():  # warm-up (and compilation) outside the clock
-        for batch in batches[:5]:
+    """Median ms per iteration of each contender, timed round-robin after a warm-up."""
+    for step in steps.values():  # warm-up (and compilation) outside the clock
+        for batch in batches[:3]:
             step(batch)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(rounds):
-        for name, step in contenders.items():
+        for name, step in steps.items():
             sync(device)
             start = time.perf_counter()
             for i in range(iters):
@@ -104,72 +190,133 @@ def interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def report(title: str, medians: dict[str, float], baseline: str) -> None:
-    print(f"\n{title}")
-    print(f"  {'contender':<34} {'ms/iter':>9} {'speed-up vs ' + baseline:>26}")
-    for name, ms in medians.items():
-        print(f"  {name:<34} {ms:9.3f} {medians[baseline] / ms:25.1f}x")
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def have_learn2learn() -> bool:
-    try:
-        import_learn2learn()
-    except ImportError:
-        print("  (learn2learn is not installed here: its column is skipped; `make install` builds it)")
-        return False
-    return True
+def peak_memory_probe(workload: str, spec: str, device: str) -> None:
+    """(subprocess) Print the peak memory, in MiB, that a meta-iteration adds to a warmed-up process.
+
+    CPU: one warm-up iteration (and compilation) first, then freed memory goes back to the OS
+    (malloc_trim), the kernel's peak-RSS mark is reset (/proc/self/clear_refs) and three iterations
+    run; the peak RSS above the RSS before them is reported. GPU: peak allocated bytes likewise.
+    """
+    import ctypes
+
+    dev = torch.device(device)
+    w = WORKLOADS[workload]()
+    g = torch.Generator(device=dev).manual_seed(0)
+    batches = [w.sample(g, dev) for _ in range(4)]
+    step = make_contender(w, spec, dev)
+    step(batches[0])  # warm-up: compilation and lazily built state are not the iteration's memory
+    gc.collect()
+    sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (Linux >= 4.0)
+        base = _status_kib("VmRSS") * 1024
+    for batch in batches[1:]:
+        step(batch)
+    sync(dev)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _status_kib("VmHWM") * 1024
+    print(json.dumps({"peak_mib": (peak - base) / 2**20}))
 
 
-def sinusoid_suite(rounds: int, iters: int, device: torch.device) -> None:
-    """Issue 2's workload: MLP 40-40, meta-batch 25, K=10, 1 inner step, first and second order."""
-    tasks = SinusoidTasks()
+def peak_memory(workload: str, spec: str, device: torch.device) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--probe", workload, spec, "--device", str(device)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def suite(
+    workload: str, specs: list[str], rounds: int, iters: int, device: torch.device, memory: bool
+) -> dict:
+    w = WORKLOADS[workload]()
     g = torch.Generator(device=device).manual_seed(0)
-    batches = [tasks.sample(25, 10, 10, g, device) for _ in range(64)]
-    with_l2l = have_learn2learn()
-    for first_order in (False, True):
-        torch.manual_seed(0)
-        base = MLP(1, 1, [40, 40])
-
-        def clone(base: nn.Module = base) -> nn.Module:
-            model = MLP(1, 1, [40, 40])
-            model.load_state_dict(base.state_dict())
-            return model.to(device)
-
-        contenders = {}
-        if with_l2l:
-            contenders[L2L] = learn2learn_step(clone(), 0.01, 1, first_order)
-        contenders["mamlrun eager (vmap + func.grad)"] = mamlrun_step(clone(), 0.01, 1, first_order, False)
-        contenders["mamlrun compiled (default)"] = mamlrun_step(clone(), 0.01, 1, first_order, True)
-        medians = interleaved(contenders, batches, rounds, iters, device)
-        order = "first order (FOMAML)" if first_order else "second order"
-        report(
-            f"sinusoid, MLP 40-40, meta-batch 25, K=10, 1 step, {order} [{device.type}]",
-            medians,
-            L2L if with_l2l else "mamlrun eager (vmap + func.grad)",
-        )
-
-
-SUITES = {"sinusoid": sinusoid_suite}
+    batches = [w.sample(g, device) for _ in range(max(8, iters))]
+    steps = {label(s): make_contender(w, s, device) for s in specs}
+    medians = interleaved(steps, batches, rounds, iters, device)
+    mem = {label(s): peak_memory(workload, s, device) for s in specs} if memory else {}
+    base = medians.get(L2L)
+    print(f"\n{w.title} [{device.type}]")
+    print(f"  {'contender':<40} {'ms/iter':>9} {'vs learn2learn':>15} {'peak MiB':>10}")
+    for name, ms in medians.items():
+        ratio = f"{base / ms:14.2f}x" if base else "-"
+        peak = f"{mem[name]:10.0f}" if name in mem else ""
+        print(f"  {name:<40} {ms:9.2f} {ratio:>15} {peak}")
+    return medians
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--suite", choices=sorted(SUITES), action="append", help="run only these suites")
+    parser.add_argument(
+        "--suite", choices=["sinusoid", "omniglot"], action="append", help="run only these suites"
+    )
     parser.add_argument(
         "--rounds", type=int, default=5, help="interleaved timing rounds (median is reported)"
     )
-    parser.add_argument("--iters", type=int, default=40, help="iterations per contender per round")
+    parser.add_argument(
+        "--iters", type=int, default=0, help="iterations per contender per round (0: per suite)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--probe", nargs=2, metavar=("WORKLOAD", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        peak_memory_probe(*args.probe, args.device)
+        return
+    tune_allocator()
     device = torch.device(args.device)
+    try:
+        import_learn2learn()
+    except ImportError as exc:
+        sys.exit(f"bench: {exc}")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {gpu}, python {sys.version.split()[0]}"
     )
-    for name in args.suite or list(SUITES):
-        SUITES[name](args.rounds, args.iters, device)
+    chosen = args.suite or ["sinusoid", "omniglot"]
+    if "sinusoid" in chosen:
+        for order in ("", ":first"):
+            suite(
+                "sinusoid",
+                [f"l2l{order}", f"mamlrun:eager{order}", f"mamlrun:compiled{order}"],
+                args.rounds,
+                args.iters or 40,
+                device,
+                memory=False,
+            )
+    if "omniglot" in chosen:
+        five = suite(
+            "omniglot5",
+            ["l2l", "mamlrun:eager", "mamlrun:compiled", "mamlrun:compiled:first"],
+            args.rounds,
+            args.iters or 3,
+            device,
+            memory=not args.no_memory,
+        )
+        ratio = five["mamlrun compiled"] / five["mamlrun compiled first order"]
+        print(f"  second / first order time: {ratio:.2f}x (the paper reports about 1.33x)")
+        suite(
+            "omniglot20",
+            ["l2l", "mamlrun:eager:chunk=2", "mamlrun:compiled:chunk=2", "mamlrun:compiled:chunk=4"],
+            max(3, args.rounds // 2),
+            args.iters or 1,
+            device,
+            memory=not args.no_memory,
+        )
 
 
 if __name__ == "__main__":

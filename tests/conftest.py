@@ -19,6 +19,19 @@ CONF_DIR = REPO / "conf"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# The one data setting: MAMLRUN_DATA (default ../shared/data, beside the repository). Made absolute
+# here so CLI tests that run in a temporary directory find the same data.
+DATA_DIR = Path(os.environ.get("MAMLRUN_DATA", REPO.parent / "shared" / "data")).resolve()
+os.environ["MAMLRUN_DATA"] = str(DATA_DIR)
+OMNIGLOT = DATA_DIR / "omniglot"
+needs_omniglot = pytest.mark.skipif(
+    not any(OMNIGLOT.glob("*.zip")) and not any(OMNIGLOT.rglob("*.png")),
+    reason=f"real Omniglot images not found in {OMNIGLOT}: set MAMLRUN_DATA to a folder holding omniglot/ "
+    "(CI has ../shared/data/omniglot)",
+)
+# Settings that let the full-Omniglot presets (1623 characters) run on the 242 minimal-set characters.
+MINIMAL_PAPER_SPLIT = ["domain.tasks.train_classes=150", "domain.tasks.val_classes=20"]
+
 
 def compose_config(overrides: Sequence[str] = (), hydra_cfg: bool = False) -> DictConfig:
     """The config `mamlrun train <overrides>` would run, composed by Hydra from conf/."""

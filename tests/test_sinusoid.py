@@ -49,6 +49,8 @@ def test_short_run_adapts_far_better_than_before_adaptation(tmp_path, smoke_cfg)
     cfg = smoke_cfg(
         "meta_iterations=1500",
         "meta_batch=25",
+        "domain.query=10",
+        "eval.query=100",
         "eval.tasks=200",
         "eval.steps=10",
         "eval.shots=[10]",

@@ -1,5 +1,6 @@
-"""Networks. Any `nn.Module` works with mamlrun (`model._target_=my.pkg.Net`); these are the paper's."""
+"""Networks. Any `nn.Module` works with mamlrun (a model config with its `_target_`); these are the paper's."""
 
+from mamlrun.models.conv import Conv4, FCNet
 from mamlrun.models.mlp import MLP
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "Conv4", "FCNet"]

@@ -29,7 +29,7 @@ from mamlrun.build import (
     resolve_compile,
     resolve_device,
 )
-from mamlrun.errors import Interrupted, TrainingDiverged
+from mamlrun.errors import Interrupted, TrainingDiverged, UserError
 from mamlrun.evaluation import format_table, supervised_curves
 from mamlrun.maml import AlphaSchedule, MetaObjective, TaskLoss
 from mamlrun.progress import progress_bar
@@ -53,9 +53,10 @@ class SupervisedKind:
         return F.mse_loss(out, y) if self.metric_name == "mse" else F.cross_entropy(out, y)
 
     def metric(self, out: Tensor, y: Tensor) -> Tensor:
+        """MSE, or accuracy in percent (as the papers report it)."""
         if self.metric_name == "mse":
             return F.mse_loss(out, y)
-        return (out.argmax(-1) == y).float().mean()
+        return (out.argmax(-1) == y).float().mean() * 100.0
 
 
 KINDS = {
@@ -97,7 +98,41 @@ def build_parts(cfg: DictConfig) -> Parts:
     def metric(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
         return kind.metric(torch.func.functional_call(model, params, (data[0],)), data[1])
 
-    return Parts(device, tasks, model, alpha, kind, task_loss, metric)
+    parts = Parts(device, tasks, model, alpha, kind, task_loss, metric)
+    check_fit(cfg, parts)
+    return parts
+
+
+def has_validation(cfg: DictConfig, parts: Parts) -> bool:
+    """Validation runs when eval.every > 0 and the task distribution has validation tasks."""
+    splits = getattr(parts.tasks, "splits", None)
+    return bool(cfg.eval.every) and (splits is None or bool(splits.get("val")))
+
+
+def check_fit(cfg: DictConfig, parts: Parts) -> None:
+    """Fail fast, in one line, when the tasks cannot be drawn or the model cannot take them."""
+    shots, query = int(cfg.domain.shots), int(cfg.domain.query)
+    if hasattr(parts.tasks, "check"):
+        parts.tasks.check(shots, query, "train")
+        if has_validation(cfg, parts):
+            parts.tasks.check(shots, int(cfg.eval.query), "val", keys=("domain.shots", "eval.query"))
+        for k in cfg.eval.shots:
+            parts.tasks.check(int(k), int(cfg.eval.query), "test", keys=("eval.shots", "eval.query"))
+    probe = parts.tasks.sample(1, shots, 1, generator(0, parts.device), parts.device)
+    x = probe.support[0][0]
+    try:
+        with torch.no_grad():
+            out = parts.model(x)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"model {cfg.model._target_} cannot take {cfg.domain.name} inputs of shape {tuple(x.shape)} ({first})"
+        ) from None
+    want = int(cfg.domain.out_features)
+    if out.shape[-1] != want:
+        raise UserError(
+            f"model {cfg.model._target_} gives {out.shape[-1]} outputs per example; domain {cfg.domain.name} needs {want}"
+        )
 
 
 def training_state(
@@ -163,14 +198,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     )
     sampler = generator(cfg.seed, device)
     shots, query, meta_batch = int(cfg.domain.shots), int(cfg.domain.query), int(cfg.meta_batch)
-    val_set = parts.tasks.sample(
-        int(cfg.eval.val_tasks),
-        shots,
-        int(cfg.eval.query),
-        generator(cfg.eval.val_seed, device),
-        device,
-        split="val",
-    )
+    validating = has_validation(cfg, parts)
+    if cfg.eval.every and not validating:
+        log.warning(
+            "%s has no validation split: validation is off and the meta-test uses last.pt", cfg.domain.name
+        )
+    val_set = None
+    if validating:
+        val_gen = generator(cfg.eval.val_seed, device)
+        val_set = parts.tasks.sample(
+            int(cfg.eval.val_tasks), shots, int(cfg.eval.query), val_gen, device, "val"
+        )
     folder = ckpt.checkpoint_dir(run_dir)
     sign = 1.0 if parts.kind.higher_is_better else -1.0
     start, best = 0, {"metric": float("nan"), "iteration": -1}
@@ -247,7 +285,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                     window_start, window_iters = time.perf_counter(), 0
 
                 every = int(cfg.eval.every)
-                if every and (step % every == 0 or step == total):
+                if validating and (step % every == 0 or step == total):
                     value = validate(parts, cfg, val_set)
                     name = f"val/{parts.kind.metric_name}_step{cfg.eval.steps}"
                     tracker.log({name: value}, step=step)
@@ -276,7 +314,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             log.info("nothing to train (meta_iterations=%d, at iteration %d)", total, start)
             if not last_path.is_file():
                 save(ckpt.LAST, start)
-        results = supervised_meta_test(cfg, parts, run_dir, tracker)
+        results = supervised_meta_test(cfg, parts, run_dir, tracker, log_step=max(start, total))
         tracker.summary({"best/val_metric": best["metric"], "best/iteration": best["iteration"]})
         exit_code = 0
     finally:

@@ -49,9 +49,18 @@ def paper_numbers(cfg: DictConfig, shots: int) -> dict[int, float]:
 
 
 def supervised_meta_test(
-    cfg: DictConfig, parts: Parts, run_dir: Path, tracker: Tracker | None, checkpoint: Path | None = None
+    cfg: DictConfig,
+    parts: Parts,
+    run_dir: Path,
+    tracker: Tracker | None,
+    checkpoint: Path | None = None,
+    log_step: int | None = None,
 ) -> list[CurveResult]:
-    """Load the chosen checkpoint, run the protocol for every K in eval.shots, report everywhere."""
+    """Load the chosen checkpoint, run the protocol for every K in eval.shots, report everywhere.
+
+    `log_step` is the step the metrics are logged at (W&B drops steps lower than its last one, so
+    the trainer passes its final iteration even when best.pt is older); default: the checkpoint's.
+    """
     from mamlrun.trainers.supervised import load_weights
 
     path = checkpoint or pick_checkpoint(cfg, run_dir)
@@ -59,7 +68,7 @@ def supervised_meta_test(
     load_weights(parts, state, path)
     params = dict(parts.model.named_parameters())
     steps, metric = int(cfg.eval.steps), parts.kind.metric_name
-    scale, unit = (100.0, "%") if metric == "acc" else (1.0, "")
+    unit = "%" if metric == "acc" else ""  # accuracies are in percent already
 
     results, test_sets = [], {}
     for shots in cfg.eval.shots:
@@ -81,7 +90,7 @@ def supervised_meta_test(
             metric=parts.metric,
             chunk_size=int(cfg.eval.chunk_size),
         )
-        results.append(to_result(curves * scale, metric, int(shots), paper_numbers(cfg, int(shots))))
+        results.append(to_result(curves, metric, int(shots), paper_numbers(cfg, int(shots))))
         test_sets[int(shots)] = tasks
 
     source = f"{path} (iteration {state['iteration']})"
@@ -115,10 +124,11 @@ def supervised_meta_test(
             cfg, parts, params, test_sets, run_dir / "adaptation.png"
         )
     if tracker is not None:
-        tracker.log(wandb_metrics(results), step=int(state["iteration"]))
+        step = int(state["iteration"]) if log_step is None else log_step
+        tracker.log(wandb_metrics(results), step=step)
         tracker.summary(wandb_metrics(results))
         for key, fig in figures.items():
-            tracker.log_figure(key, fig, step=int(state["iteration"]))
+            tracker.log_figure(key, fig, step=step)
     log.info(
         "wrote %s and figures %s", run_dir / "eval.json", ", ".join(str(p.name) for p in figures.values())
     )

@@ -1,0 +1,93 @@
+"""The paper's few-shot image classifiers.
+
+- `Conv4`: 4 blocks of [3x3 conv, BatchNorm, ReLU] with either stride 2 (Omniglot, 64 filters; the
+  features are averaged over space) or 2x2 max-pooling (MiniImageNet, 32 filters; flattened).
+- `FCNet`: the paper's fully connected Omniglot baseline, 256-128-64-64 with BatchNorm and ReLU.
+
+BatchNorm keeps no running statistics (`track_running_stats=False`): it always normalises with the
+statistics of the batch it sees, in meta-training and at meta-test, as the paper's code does. That
+also keeps the networks stateless, which `torch.func.vmap` over tasks needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from mamlrun.errors import ConfigError
+
+
+def _positive(key: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "must be an integer >= 1")
+    return value
+
+
+class Conv4(nn.Module):
+    """Four conv blocks and a linear head.
+
+    Args:
+        in_channels: 1 for Omniglot, 3 for MiniImageNet.
+        out_features: N, the ways.
+        hidden: filters per conv layer (64 Omniglot, 32 MiniImageNet).
+        image_size: input height = width (only needed with max-pooling, to size the head).
+        pool: 2x2 max-pooling after each block (MiniImageNet) instead of stride-2 convolutions (Omniglot).
+    """
+
+    def __init__(
+        self, in_channels: int, out_features: int, hidden: int = 64, image_size: int = 28, pool: bool = False
+    ) -> None:
+        super().__init__()
+        _positive("model.hidden", hidden)
+        _positive("model.out_features", out_features)
+        self.pool = pool
+        blocks: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for _ in range(4):
+            blocks += [
+                nn.Conv2d(channels, hidden, 3, stride=1 if pool else 2, padding=1),
+                nn.BatchNorm2d(hidden, track_running_stats=False),
+                nn.ReLU(),
+            ]
+            if pool:
+                blocks.append(nn.MaxPool2d(2))
+            channels = hidden
+            size = size // 2 if pool else (size + 1) // 2
+        self.features = nn.Sequential(*blocks)
+        if pool and size < 1:
+            raise ConfigError(
+                "model.image_size", image_size, "images must be at least 16x16 for four 2x2 poolings"
+            )
+        self.head = nn.Linear(hidden * size * size if pool else hidden, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x)
+        h = h.flatten(1) if self.pool else h.mean(dim=(2, 3))
+        return self.head(h)
+
+
+class FCNet(nn.Module):
+    """Flattened image -> hidden layers with BatchNorm and ReLU -> N logits (the paper's 256-128-64-64).
+
+    Args:
+        in_channels, image_size: the input images' shape (in_channels x image_size x image_size).
+        out_features: N, the ways.
+        hidden: the hidden layer widths.
+    """
+
+    def __init__(
+        self, in_channels: int, image_size: int, out_features: int, hidden: Sequence[int] = (256, 128, 64, 64)
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = _positive("model.in_channels", in_channels) * _positive("model.image_size", image_size) ** 2
+        for i, h in enumerate(hidden):
+            _positive(f"model.hidden[{i}]", h)
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h, track_running_stats=False), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, _positive("model.out_features", out_features)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
