@@ -107,7 +107,10 @@ def format_table(results: Sequence[CurveResult]) -> str:
         return "(no meta-test results)"
     metric = results[0].metric
     unit, digits = ("%", 2) if metric == "acc" else ("", 3)
-    head = ["step"] + [f"{metric} K={r.shots} (n={r.num_tasks})" for r in results]
+    if metric == "return":  # meta-RL: K is the number of episodes per adaptation step
+        head = ["step"] + [f"return, {r.shots} episodes/step (n={r.num_tasks} tasks)" for r in results]
+    else:
+        head = ["step"] + [f"{metric} K={r.shots} (n={r.num_tasks})" for r in results]
     rows = []
     for i, step in enumerate(results[0].steps):
         cells = [str(step)]

@@ -75,3 +75,34 @@ def regression_figure(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def trajectories_figure(episodes_by_label: Mapping[str, object], goals: Sequence, path: Path, tasks: int = 4,
+                        paths_per_task: int = 5) -> Path:
+    """2D navigation: a panel per task, the first paths of each labelled batch of episodes, and the goal.
+
+    `episodes_by_label` maps a label to Episodes whose observations are (x, y) positions.
+    """
+    tasks = min(tasks, len(goals))
+    fig, axes = plt.subplots(1, tasks, figsize=(3.6 * tasks, 3.6), squeeze=False)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for t, ax in enumerate(axes[0]):
+        for (label, episodes), colour in zip(episodes_by_label.items(), colours, strict=False):
+            obs, mask = episodes.obs[t].cpu(), episodes.mask[t].cpu()
+            for r in range(min(paths_per_task, obs.shape[1])):
+                n = int(mask[:, r].sum())
+                xy = obs[:n, r]
+                ax.plot(xy[:, 0], xy[:, 1], color=colour, lw=1, alpha=0.8, label=label if r == 0 else None)
+        ax.scatter([0], [0], marker="o", color="black", s=20, label="start")
+        ax.scatter([goals[t][0]], [goals[t][1]], marker="*", color="red", s=150, zorder=5, label="goal")
+        ax.set_xlim(-0.6, 0.6)
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"task {t}")
+        if t == 0:
+            ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -32,7 +32,9 @@ def _supervised(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def _rl(cfg: DictConfig, run_dir: Path) -> float:
-    raise UserError("domain.kind=rl: the meta-RL trainer is not part of this version of mamlrun yet")
+    from mamlrun.trainers import rl
+
+    return rl.train(cfg, run_dir)
 
 
 TRAINERS: dict[str, Trainer] = {"regression": _supervised, "classification": _supervised, "rl": _rl}
@@ -84,17 +86,25 @@ def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
         apply_overrides(cfg, overrides)
         validate_run(cfg)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        if cfg.domain.kind not in ("regression", "classification"):
-            raise UserError(f"mamlrun eval does not handle domain.kind={cfg.domain.kind} yet")
         from mamlrun.tracking import Tracker
-        from mamlrun.trainers.supervised import build_parts
-        from mamlrun.trainers.supervised_eval import supervised_meta_test
 
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        parts = build_parts(cfg)
         tracker = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), None)
         try:
-            results = supervised_meta_test(cfg, parts, run_dir, tracker, checkpoint=path)
+            if cfg.domain.kind == "rl":
+                from mamlrun.trainers.rl import build_rl_parts
+                from mamlrun.trainers.rl_eval import rl_meta_test
+
+                parts = build_rl_parts(cfg)
+                try:
+                    results = [rl_meta_test(cfg, parts, run_dir, tracker, checkpoint=path)]
+                finally:
+                    parts.sampler.close()
+            else:
+                from mamlrun.trainers.supervised import build_parts
+                from mamlrun.trainers.supervised_eval import supervised_meta_test
+
+                results = supervised_meta_test(cfg, build_parts(cfg), run_dir, tracker, checkpoint=path)
         finally:
             tracker.finish()
         return results[0].final

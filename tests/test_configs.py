@@ -9,7 +9,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mamlrun.build import build_alpha, build_model, build_optimizer, build_tasks
+from mamlrun.build import build_alpha, build_model, build_optimizer, build_tasks, construct
 from mamlrun.cli import describe_options
 from tests.conftest import CONF_DIR, compose_config, run_cli
 
@@ -39,25 +39,36 @@ def test_every_option_has_a_description():
             )
 
 
-# The domain each model option is built for (a model reads its input shape from the domain).
-MODEL_DOMAIN = {"mlp": "sinusoid", "conv4": "omniglot", "conv4_pool": "miniimagenet", "mlp_fc": "omniglot"}
+# The domain each option is built with when it does not fit the default (sinusoid) one.
+NEEDS_DOMAIN = {
+    ("model", "mlp"): "sinusoid",
+    ("model", "conv4"): "omniglot",
+    ("model", "conv4_pool"): "miniimagenet",
+    ("model", "mlp_fc"): "omniglot",
+    ("model", "policy"): "nav2d",
+    ("optimizer", "trpo"): "nav2d",
+}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in JOB_GROUPS for o in options(g)])
 def test_every_option_composes_and_builds(group, option):
-    domain = MODEL_DOMAIN[option] if group == "model" else None
+    domain = NEEDS_DOMAIN.get((group, option))
     cfg = compose_config([f"{group}={option}", *([f"domain={domain}"] if domain else [])])
     OmegaConf.resolve(cfg)  # every interpolation resolves
     model = build_model(cfg)
     alpha = build_alpha(cfg, model)
-    build_optimizer(cfg, [*model.parameters(), *alpha.parameters()])
+    if cfg.domain.kind == "rl":
+        construct(cfg.optimizer, "optimizer")
+        construct(cfg.domain.tasks, "domain.tasks")  # the task family (gymnasium envs for locomotion)
+    else:
+        build_optimizer(cfg, [*model.parameters(), *alpha.parameters()])
     if cfg.domain.name == "sinusoid":  # the image domains need their data: built in test_fewshot / presets
         build_tasks(cfg)
     assert cfg.domain.kind in ("regression", "classification", "rl")
 
 
 def test_every_model_option_has_a_domain_here():
-    assert set(MODEL_DOMAIN) == set(options("model"))
+    assert {o for g, o in NEEDS_DOMAIN if g == "model"} == set(options("model"))
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

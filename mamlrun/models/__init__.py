@@ -2,5 +2,6 @@
 
 from mamlrun.models.conv import Conv4, FCNet
 from mamlrun.models.mlp import MLP
+from mamlrun.models.policy import GaussianPolicy
 
-__all__ = ["MLP", "Conv4", "FCNet"]
+__all__ = ["MLP", "Conv4", "FCNet", "GaussianPolicy"]

@@ -1,0 +1,48 @@
+"""What a meta-RL task family gives the sampler: tasks, and vectorised environments that run them.
+
+A family samples tasks from its own RNG (a NumPy Generator the trainer owns and checkpoints) and
+builds a `VectorEnv`: `num_envs` environments stepped together, each set to a task. Observations,
+rewards and done flags come back as tensors. Every batch of episodes starts with `reset(seeds)`,
+so an environment's state is a function of the seeds the sampler draws: resuming needs no
+environment state, only the RNGs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class VectorEnv(Protocol):
+    num_envs: int
+
+    def set_tasks(self, tasks: list[Any]) -> None:
+        """One task per environment (on the unwrapped env, where the reward reads it)."""
+
+    def reset(self, seeds: list[int]) -> Tensor:
+        """Reset every environment; observations [num_envs, obs_dim] (float32, CPU)."""
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(observations, rewards, done) after one step; done = terminated or truncated."""
+
+    def close(self) -> None: ...
+
+
+class TaskFamily(Protocol):
+    name: str
+    obs_dim: int
+    act_dim: int
+    horizon: int
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]: ...
+
+    def make_env(self, num_envs: int) -> VectorEnv: ...
+
+    def describe_task(self, task: Any) -> str: ...
+
+
+def as_tensor(x: Any) -> Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32)

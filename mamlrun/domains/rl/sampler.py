@@ -1,0 +1,109 @@
+"""Episodes for a batch of tasks: `rollouts` episodes per task, all environments stepped together.
+
+The policy runs on the training device in one batched call per time step: with shared parameters
+(before adaptation) or one parameter set per task (after it; vmapped). Episodes are padded to the
+horizon with a mask that is 1 for every step taken while the episode ran and 0 after it ended, so
+the step gymnasium's NEXT_STEP autoreset inserts after an episode's end (a reset, reward 0) never
+reaches the data. Environment seeds come from the sampler's NumPy generator and action noise from
+its torch generator, so a batch is a function of those two RNG states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mamlrun.domains.rl.base import TaskFamily
+from mamlrun.errors import UserError
+from mamlrun.models.policy import gaussian_log_prob
+
+
+class RolloutError(UserError):
+    """An environment raised during a rollout; the trainer saves a checkpoint, then stops."""
+
+
+@dataclass
+class Episodes:
+    """Per-task episode tensors, task dimension first: [T, H, R, ...] (H time steps, R rollouts)."""
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+    log_probs: Tensor  # under the policy that sampled them (no graph)
+
+    def returns(self) -> Tensor:
+        """Undiscounted return of each episode: [T, R]."""
+        return (self.rewards * self.mask).sum(dim=1)
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.mask.sum())
+
+
+def policy_distribution(policy: nn.Module, params: dict[str, Tensor], obs: Tensor, batched: bool):
+    """(mean, log_std) for obs [T, ..., obs_dim]; params shared, or one set per task (batched)."""
+    if not batched:
+        return torch.func.functional_call(policy, params, (obs,))
+    return torch.func.vmap(lambda p, o: torch.func.functional_call(policy, p, (o,)))(params, obs)
+
+
+class EpisodeSampler:
+    """Samples `rollouts` episodes per task with a family's vector env (built once per size)."""
+
+    def __init__(self, family: TaskFamily, policy: nn.Module, rollouts: int, device: torch.device) -> None:
+        self.family, self.policy, self.rollouts, self.device = family, policy, rollouts, device
+        self._envs: dict[int, Any] = {}
+
+    def _env(self, num_envs: int):
+        if num_envs not in self._envs:
+            self._envs[num_envs] = self.family.make_env(num_envs)
+        return self._envs[num_envs]
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+    @torch.no_grad()
+    def sample(self, tasks: list[Any], params: dict[str, Tensor], batched: bool, rng: np.random.Generator,
+               noise: torch.Generator) -> Episodes:
+        n_tasks, r, horizon = len(tasks), self.rollouts, self.family.horizon
+        env = self._env(n_tasks * r)
+        env.set_tasks([task for task in tasks for _ in range(r)])
+        obs = env.reset([int(s) for s in rng.integers(0, 2**31 - 1, size=n_tasks * r)])
+        d, a = self.family.obs_dim, self.family.act_dim
+        out_obs = torch.zeros(horizon, n_tasks, r, d, device=self.device)
+        out_act = torch.zeros(horizon, n_tasks, r, a, device=self.device)
+        out_rew = torch.zeros(horizon, n_tasks, r, device=self.device)
+        out_mask = torch.zeros(horizon, n_tasks, r, device=self.device)
+        out_logp = torch.zeros(horizon, n_tasks, r, device=self.device)
+        alive = torch.ones(n_tasks * r, dtype=torch.bool)
+        for t in range(horizon):
+            o = obs.to(self.device).view(n_tasks, r, d)
+            mean, log_std = policy_distribution(self.policy, params, o, batched)
+            eps = torch.randn(mean.shape, generator=noise, device=self.device)
+            action = mean + torch.exp(log_std) * eps
+            out_obs[t], out_act[t] = o, action
+            out_logp[t] = gaussian_log_prob(mean, log_std, action)
+            out_mask[t] = alive.view(n_tasks, r).to(self.device, torch.float32)
+            try:
+                obs, reward, done = env.step(action.reshape(n_tasks * r, a))
+            except Exception as exc:
+                raise RolloutError(
+                    f"environment {self.family.name} raised during a rollout: {type(exc).__name__}: {exc}"
+                ) from None
+            out_rew[t] = (reward * alive).view(n_tasks, r).to(self.device)
+            alive = alive & ~done
+            if not alive.any():
+                break
+
+        def tasks_first(x: Tensor) -> Tensor:
+            return x.transpose(0, 1).contiguous()
+
+        return Episodes(tasks_first(out_obs), tasks_first(out_act), tasks_first(out_rew), tasks_first(out_mask),
+                        tasks_first(out_logp))

@@ -1,0 +1,126 @@
+"""Trust-region policy optimisation of the meta-parameters (the paper's outer loop for RL).
+
+Given a surrogate loss L(theta) and the mean KL(theta) between the adapted policies that sampled the
+validation episodes and those re-adapted from theta (both functions re-run the inner update), one
+step solves H s = g by conjugate gradient with Hessian-vector products of the KL (plus damping),
+scales s to the KL bound, and backtracks until the surrogate improves and the KL is within bound;
+if no candidate passes, theta stays. `conjugate_gradient` is also used on its own in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mamlrun.errors import ConfigError
+
+
+@dataclass
+class TRPO:
+    """TRPO settings (`optimizer=trpo`): the paper's max KL 0.01, 10 CG steps, damping 1e-5, 15 x 0.8 backtracking."""
+
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_max_steps: int = 15
+    ls_backtrack_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not self.max_kl > 0:
+            raise ConfigError("optimizer.max_kl", self.max_kl, "the KL bound must be > 0")
+        if not self.cg_damping >= 0:
+            raise ConfigError("optimizer.cg_damping", self.cg_damping, "must be >= 0")
+        for key in ("cg_iters", "ls_max_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"optimizer.{key}", value, "must be an integer >= 1")
+        if not 0 < self.ls_backtrack_ratio < 1:
+            raise ConfigError("optimizer.ls_backtrack_ratio", self.ls_backtrack_ratio, "must be in (0, 1)")
+
+
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10) -> Tensor:
+    """Approximately solve A x = b for symmetric positive-definite A given only x -> A x."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r.dot(r)
+    for _ in range(iters):
+        if rr < tol:
+            break
+        ap = matvec(p)
+        step = rr / p.dot(ap)
+        x = x + step * p
+        r = r - step * ap
+        rr_new = r.dot(r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+@dataclass
+class StepInfo:
+    """What one TRPO step did (logged as train/*)."""
+
+    loss_before: float
+    loss_after: float
+    kl_after: float
+    backtracks: int  # line-search steps taken; -1 when no candidate was accepted
+    accepted: bool
+
+
+def natural_gradient(params: list[Tensor], loss: Tensor, kl: Tensor, settings: TRPO) -> tuple[Tensor, Tensor]:
+    """s = (H + damping I)^-1 g by conjugate gradient, H the Hessian of the KL; returns s and s^T H s / 2."""
+    grads = torch.autograd.grad(loss, params, retain_graph=True)
+    g = torch.cat([x.reshape(-1) for x in grads]).detach()
+    kl_grads = torch.autograd.grad(kl, params, create_graph=True)
+    flat_kl_grad = torch.cat([x.reshape(-1) for x in kl_grads])
+
+    def fisher_vector(v: Tensor) -> Tensor:
+        hv = torch.autograd.grad(flat_kl_grad.dot(v), params, retain_graph=True)
+        return torch.cat([x.reshape(-1) for x in hv]).detach() + settings.cg_damping * v
+
+    direction = conjugate_gradient(fisher_vector, g, settings.cg_iters)
+    return direction, 0.5 * direction.dot(fisher_vector(direction))
+
+
+def trpo_step(
+    params: list[Tensor],
+    objective: Callable[[list[Tensor]], tuple[Tensor, Tensor]],
+    settings: TRPO,
+) -> StepInfo:
+    """One TRPO update of `params` (in place) for `objective(params) -> (surrogate loss, mean KL)`.
+
+    `params` must be leaf tensors that require grad; `objective` must be differentiable twice in
+    them (the inner adaptation is re-run inside it, with a graph).
+    """
+    loss, kl = objective(params)
+    loss_before = float(loss.detach())
+    direction, shs = natural_gradient(params, loss, kl, settings)
+    del loss, kl  # free the graph before the line search
+    if not (shs > 0 and torch.isfinite(shs)):
+        return StepInfo(loss_before, loss_before, 0.0, -1, False)
+    full_step = direction * math.sqrt(settings.max_kl / float(shs))
+    old = [p.detach().clone() for p in params]
+
+    def set_params(scale: float) -> None:
+        offset = 0
+        with torch.no_grad():
+            for p, p0 in zip(params, old, strict=True):
+                n = p.numel()
+                p.copy_(p0 - scale * full_step[offset:offset + n].view_as(p))
+                offset += n
+
+    scale = 1.0
+    for backtrack in range(settings.ls_max_steps):
+        set_params(scale)
+        with torch.no_grad():
+            new_loss, new_kl = objective(params)
+        if float(new_loss) < loss_before and float(new_kl) < settings.max_kl:
+            return StepInfo(loss_before, float(new_loss), float(new_kl), backtrack, True)
+        scale *= settings.ls_backtrack_ratio
+    set_params(0.0)
+    return StepInfo(loss_before, loss_before, 0.0, -1, False)
