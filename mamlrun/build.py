@@ -94,8 +94,10 @@ def build_tasks(cfg: DictConfig) -> Any:
 def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     factory = construct(cfg.optimizer, "optimizer")
     if not callable(factory):
-        raise UserError(f"optimizer._target_={cfg.optimizer._target_} is the meta-RL outer step (optimizer=trpo); "
-                        f"domain {cfg.domain.name} takes a torch optimizer: optimizer=adam or optimizer=sgd")
+        raise UserError(
+            f"optimizer._target_={cfg.optimizer._target_} is the meta-RL outer step (optimizer=trpo); "
+            f"domain {cfg.domain.name} takes a torch optimizer: optimizer=adam or optimizer=sgd"
+        )
     try:
         return factory(params=list(params))
     except (ValueError, TypeError) as exc:

@@ -77,8 +77,13 @@ def regression_figure(
     return Path(path)
 
 
-def trajectories_figure(episodes_by_label: Mapping[str, object], goals: Sequence, path: Path, tasks: int = 4,
-                        paths_per_task: int = 5) -> Path:
+def trajectories_figure(
+    episodes_by_label: Mapping[str, object],
+    goals: Sequence,
+    path: Path,
+    tasks: int = 4,
+    paths_per_task: int = 5,
+) -> Path:
     """2D navigation: a panel per task, the first paths of each labelled batch of episodes, and the goal.
 
     `episodes_by_label` maps a label to Episodes whose observations are (x, y) positions.

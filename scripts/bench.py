@@ -257,6 +257,106 @@ def suite(
     return medians
 
 
+# --------------------------------------------------------------------------- meta-RL cost split
+def rl_suite(device: torch.device) -> None:
+    """Sampler throughput against the bare-gymnasium floor, and one MAML-TRPO iteration's time split."""
+    import gymnasium as gym
+    import numpy as np
+
+    from mamlrun.domains.rl.locomotion import LocomotionFamily
+    from mamlrun.domains.rl.nav2d import Nav2DFamily
+    from mamlrun.domains.rl.sampler import EpisodeSampler
+    from mamlrun.models import GaussianPolicy
+    from mamlrun.trainers import rl as rl_trainer
+    from mamlrun.trainers.trpo import TRPO, trpo_step
+
+    print(f"\nmeta-RL [{device.type}]")
+    # 1. HalfCheetah: mamlrun's sampler (policy on the device, masks, task rewards) vs random actions
+    #    in a bare SyncVectorEnv of the same environments: the sampling floor.
+    family = LocomotionFamily("HalfCheetah-v5", "velocity", horizon=200)
+    tasks, rollouts = 4, 10
+    policy = GaussianPolicy(family.obs_dim, family.act_dim).to(device)
+    sampler = EpisodeSampler(family, policy, rollouts, device)
+    theta = {k: v.detach() for k, v in policy.named_parameters()}
+    rng, noise = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
+    task_list = family.sample_tasks(tasks, rng)
+    bare = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("HalfCheetah-v5", max_episode_steps=200)] * (tasks * rollouts)
+    )
+    bare.reset(seed=0)
+    sampler.sample(task_list, theta, False, rng, noise)  # builds the vector env
+    ours, floor = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        eps = sampler.sample(task_list, theta, False, rng, noise)
+        ours.append(eps.env_steps / (time.perf_counter() - start))
+        start = time.perf_counter()
+        bare.reset(seed=1)
+        for _ in range(200):
+            bare.step(bare.action_space.sample())
+        floor.append(tasks * rollouts * 200 / (time.perf_counter() - start))
+    o, f = statistics.median(ours), statistics.median(floor)
+    print(
+        f"  HalfCheetah-v5, {tasks * rollouts} envs x 200 steps: sampler {o:,.0f} steps/s, bare SyncVectorEnv "
+        f"with random actions {f:,.0f} steps/s: the sampler takes {f / o:.2f}x the floor's time"
+    )
+    bare.close()
+    sampler.close()
+
+    # 2. nav2d, batched in torch: raw sampler throughput at the paper's size (20 tasks x 20 episodes).
+    nav = Nav2DFamily()
+    policy = GaussianPolicy(2, 2).to(device)
+    sampler = EpisodeSampler(nav, policy, 20, device)
+    theta = {k: v.detach() for k, v in policy.named_parameters()}
+    goals = nav.sample_tasks(20, rng)
+    sampler.sample(goals, theta, False, rng, noise)
+    start = time.perf_counter()
+    steps = sum(sampler.sample(goals, theta, False, rng, noise).env_steps for _ in range(3))
+    print(
+        f"  nav2d, 400 envs: {steps / (time.perf_counter() - start):,.0f} steps/s (policy forward included)"
+    )
+
+    # 3. One MAML-TRPO iteration at the paper's nav2d size, split into its parts.
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(
+            config_name="config", overrides=["experiment=nav2d_paper", "logger=none", f"device={device}"]
+        )
+    OmegaConf.resolve(cfg)
+    parts = rl_trainer.build_rl_parts(cfg)
+    times: dict[str, list[float]] = {"sampling": [], "inner updates": [], "TRPO": []}
+    params = [p for m in parts.modules() for p in m.parameters()]
+    for _ in range(3):
+        goals = parts.family.sample_tasks(20, rng)
+        theta = {k: v.detach() for k, v in parts.params().items()}
+        t0 = time.perf_counter()
+        train_eps = parts.sampler.sample(goals, theta, False, rng, noise)
+        t1 = time.perf_counter()
+        data = parts.task_data(train_eps)
+        adapted = parts.adapt_tasks({k: v.expand(20, *v.shape) for k, v in theta.items()}, data, 0)
+        sync(device)
+        t2 = time.perf_counter()
+        valid_eps = parts.sampler.sample(goals, adapted, True, rng, noise)
+        t3 = time.perf_counter()
+        valid = rl_trainer.validation_data(parts, adapted, valid_eps)
+        trpo_step(params, rl_trainer.make_objective(parts, 1, False, data, valid), TRPO())
+        sync(device)
+        t4 = time.perf_counter()
+        times["sampling"].append((t1 - t0) + (t3 - t2))
+        times["inner updates"].append(t2 - t1)
+        times["TRPO"].append(t4 - t3)
+    parts.sampler.close()
+    total = sum(statistics.median(v) for v in times.values())
+    print("  one MAML-TRPO iteration, nav2d paper size (20 tasks x 20 episodes x 100 steps, 10 CG steps):")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"    {name:<14} {median:7.2f} s  ({median / total:5.1%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -287,7 +387,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {gpu}, python {sys.version.split()[0]}"
     )
-    chosen = args.suite or ["sinusoid", "omniglot"]
+    chosen = args.suite or ["sinusoid", "omniglot", "rl"]
     if "sinusoid" in chosen:
         for order in ("", ":first"):
             suite(

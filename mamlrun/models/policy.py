@@ -27,8 +27,14 @@ class GaussianPolicy(nn.Module):
         init_std: the initial standard deviation of every action dimension.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (100, 100), activation: str = "relu",
-                 init_std: float = 1.0) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (100, 100),
+        activation: str = "relu",
+        init_std: float = 1.0,
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError("model.activation", activation, f"choose one of {', '.join(ACTIVATIONS)}")

@@ -71,8 +71,15 @@ def normalize_per_task(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     return (adv - mean) / (var.sqrt() + eps) * mask
 
 
-def advantages(obs: Tensor, rewards: Tensor, mask: Tensor, gamma: float, lam: float, reg: float = 1e-5,
-               normalize: bool = True) -> Tensor:
+def advantages(
+    obs: Tensor,
+    rewards: Tensor,
+    mask: Tensor,
+    gamma: float,
+    lam: float,
+    reg: float = 1e-5,
+    normalize: bool = True,
+) -> Tensor:
     """Baseline fit, GAE and (optionally) per-task normalisation, for a batch of episodes."""
     values = fit_linear_baseline(obs, discounted_returns(rewards, mask, gamma), mask, reg)
     adv = gae(rewards, values, mask, gamma, lam)

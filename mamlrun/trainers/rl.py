@@ -75,8 +75,15 @@ class RLParts:
 
     def task_data(self, episodes: Episodes) -> dict[str, Tensor]:
         """What the inner loss needs, per task: observations, actions, advantages, mask."""
-        adv = advantages(episodes.obs, episodes.rewards, episodes.mask, self.gamma, self.gae_lambda,
-                         self.baseline_reg, self.normalize)
+        adv = advantages(
+            episodes.obs,
+            episodes.rewards,
+            episodes.mask,
+            self.gamma,
+            self.gae_lambda,
+            self.baseline_reg,
+            self.normalize,
+        )
         return {"obs": episodes.obs, "actions": episodes.actions, "adv": adv, "mask": episodes.mask}
 
     def adapt_tasks(self, params: dict[str, Tensor], data: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -84,8 +91,9 @@ class RLParts:
         alpha_params = {k: v.detach() for k, v in self.alpha.named_parameters()}
 
         def one(p: dict[str, Tensor], d: dict[str, Tensor]) -> dict[str, Tensor]:
-            return inner_step(p, alpha_params, step, d, task_loss=self.inner_loss, alpha=self.alpha,
-                              first_order=True)[0]
+            return inner_step(
+                p, alpha_params, step, d, task_loss=self.inner_loss, alpha=self.alpha, first_order=True
+            )[0]
 
         return torch.func.vmap(one)({k: v.detach() for k, v in params.items()}, data)
 
@@ -100,9 +108,17 @@ def build_rl_parts(cfg: DictConfig) -> RLParts:
     if isinstance(rollouts, bool) or not isinstance(rollouts, int) or rollouts < 1:
         raise ConfigError("domain.rollouts", rollouts, "episodes per task per step must be an integer >= 1")
     check_policy(cfg, policy, family, device)
-    return RLParts(device, family, policy, alpha, EpisodeSampler(family, policy, rollouts, device),
-                   float(cfg.domain.gamma), float(cfg.domain.gae_lambda), float(cfg.domain.baseline_reg),
-                   bool(cfg.domain.normalize_advantages))
+    return RLParts(
+        device,
+        family,
+        policy,
+        alpha,
+        EpisodeSampler(family, policy, rollouts, device),
+        float(cfg.domain.gamma),
+        float(cfg.domain.gae_lambda),
+        float(cfg.domain.baseline_reg),
+        bool(cfg.domain.normalize_advantages),
+    )
 
 
 def check_policy(cfg: DictConfig, policy: nn.Module, family: Any, device: torch.device) -> None:
@@ -111,21 +127,40 @@ def check_policy(cfg: DictConfig, policy: nn.Module, family: Any, device: torch.
         with torch.no_grad():
             out = policy(torch.zeros(1, family.obs_dim, device=device))
     except (RuntimeError, ValueError) as exc:
-        raise UserError(f"model {cfg.model._target_} cannot take {family.name} observations of size "
-                        f"{family.obs_dim} ({str(exc).splitlines()[0]})") from None
+        raise UserError(
+            f"model {cfg.model._target_} cannot take {family.name} observations of size "
+            f"{family.obs_dim} ({str(exc).splitlines()[0]})"
+        ) from None
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise UserError(f"model {cfg.model._target_} must return (mean, log_std), like mamlrun.models.GaussianPolicy")
+        raise UserError(
+            f"model {cfg.model._target_} must return (mean, log_std), like mamlrun.models.GaussianPolicy"
+        )
     if out[0].shape[-1] != family.act_dim:
-        raise UserError(f"model {cfg.model._target_} outputs {out[0].shape[-1]} action dimensions; "
-                        f"{family.name} has {family.act_dim} (set model.act_dim={family.act_dim})")
+        raise UserError(
+            f"model {cfg.model._target_} outputs {out[0].shape[-1]} action dimensions; "
+            f"{family.name} has {family.act_dim} (set model.act_dim={family.act_dim})"
+        )
 
 
 # ----------------------------------------------------------------------------- the outer objective
-def surrogate_terms(parts: RLParts, steps: int, first_order: bool, meta: dict[str, dict[str, Tensor]],
-                    train: dict[str, Tensor], valid: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def surrogate_terms(
+    parts: RLParts,
+    steps: int,
+    first_order: bool,
+    meta: dict[str, dict[str, Tensor]],
+    train: dict[str, Tensor],
+    valid: dict[str, Tensor],
+) -> tuple[Tensor, Tensor]:
     """One task: re-adapt from its inner episodes (with a graph), then surrogate loss and KL."""
-    adapted, _ = adapt(meta["model"], meta["alpha"], train, steps, task_loss=parts.inner_loss, alpha=parts.alpha,
-                       first_order=first_order)
+    adapted, _ = adapt(
+        meta["model"],
+        meta["alpha"],
+        train,
+        steps,
+        task_loss=parts.inner_loss,
+        alpha=parts.alpha,
+        first_order=first_order,
+    )
     mean, log_std = torch.func.functional_call(parts.policy, adapted, (valid["obs"],))
     logp = gaussian_log_prob(mean, log_std, valid["actions"])
     mask = valid["mask"]
@@ -136,11 +171,15 @@ def surrogate_terms(parts: RLParts, steps: int, first_order: bool, meta: dict[st
     return loss, kl
 
 
-def make_objective(parts: RLParts, steps: int, first_order: bool, train: dict[str, Tensor], valid: dict[str, Tensor]):
+def make_objective(
+    parts: RLParts, steps: int, first_order: bool, train: dict[str, Tensor], valid: dict[str, Tensor]
+):
     """objective(list of meta-parameters) -> (mean surrogate loss, mean KL) over the tasks."""
     names = [("model", n) for n, _ in parts.policy.named_parameters()]
     names += [("alpha", n) for n, _ in parts.alpha.named_parameters()]
-    per_task = torch.func.vmap(functools.partial(surrogate_terms, parts, steps, first_order), in_dims=(None, 0, 0))
+    per_task = torch.func.vmap(
+        functools.partial(surrogate_terms, parts, steps, first_order), in_dims=(None, 0, 0)
+    )
 
     def objective(params: list[Tensor]) -> tuple[Tensor, Tensor]:
         meta: dict[str, dict[str, Tensor]] = {"model": {}, "alpha": {}}
@@ -171,8 +210,11 @@ class RNGs:
 
     @classmethod
     def from_seed(cls, seed: int, device: torch.device) -> RNGs:
-        return cls(np.random.default_rng(seed), np.random.default_rng(seed + 1),
-                   torch.Generator(device=device).manual_seed(seed))
+        return cls(
+            np.random.default_rng(seed),
+            np.random.default_rng(seed + 1),
+            torch.Generator(device=device).manual_seed(seed),
+        )
 
     def state(self) -> dict[str, Any]:
         return {"tasks": self.tasks.bit_generator.state, "envs": self.envs.bit_generator.state}
@@ -211,13 +253,29 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         start, best = int(state["iteration"]), dict(state["best"])
         log.info("resuming from %s at iteration %d", last_path, start)
 
-    tracker = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), wandb_settings(cfg),
-                      resume_step=start if start else None)
-    log.info("%s | %s, %d parameters | %s | %s order | %d inner step(s), %d at test | meta-batch %d x %d episodes "
-             "of %d steps | %s outer step | %d iterations | device %s", parts.family.name,
-             type(parts.policy).__name__, sum(p.numel() for p in parts.policy.parameters()), parts.alpha.describe(),
-             "first" if first_order else "second", steps, cfg.eval.steps, meta_batch, parts.sampler.rollouts,
-             parts.family.horizon, "TRPO" if isinstance(outer, TRPO) else type(outer).__name__, total, device.type)
+    tracker = Tracker(
+        run_dir,
+        OmegaConf.to_container(cfg, resolve=True),
+        wandb_settings(cfg),
+        resume_step=start if start else None,
+    )
+    log.info(
+        "%s | %s, %d parameters | %s | %s order | %d inner step(s), %d at test | meta-batch %d x %d episodes "
+        "of %d steps | %s outer step | %d iterations | device %s",
+        parts.family.name,
+        type(parts.policy).__name__,
+        sum(p.numel() for p in parts.policy.parameters()),
+        parts.alpha.describe(),
+        "first" if first_order else "second",
+        steps,
+        cfg.eval.steps,
+        meta_batch,
+        parts.sampler.rollouts,
+        parts.family.horizon,
+        "TRPO" if isinstance(outer, TRPO) else type(outer).__name__,
+        total,
+        device.type,
+    )
 
     def snapshot(iteration: int) -> dict[str, Any]:
         return {
@@ -255,9 +313,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                 objective = make_objective(parts, steps, first_order, train_data, valid_data)
                 if isinstance(outer, TRPO):
                     info = trpo_step(params, objective, outer)
-                    update = {"train/surrogate_before": info.loss_before, "train/surrogate_after": info.loss_after,
-                              "train/kl": info.kl_after, "train/backtracks": info.backtracks,
-                              "train/step_accepted": float(info.accepted)}
+                    update = {
+                        "train/surrogate_before": info.loss_before,
+                        "train/surrogate_after": info.loss_after,
+                        "train/kl": info.kl_after,
+                        "train/backtracks": info.backtracks,
+                        "train/step_accepted": float(info.accepted),
+                    }
                 else:
                     outer.zero_grad(set_to_none=True)
                     loss, kl = objective(params)
@@ -269,14 +331,28 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                 bar.update()
 
                 pre, post = float(train_eps.returns().mean()), float(valid_eps.returns().mean())
-                if not (np.isfinite(pre) and np.isfinite(post) and all(bool(torch.isfinite(p).all()) for p in params)):
-                    raise TrainingDiverged(f"training diverged at iteration {step} (return or parameters not finite); "
-                                           f"last good checkpoint: {last_path}")
+                if not (
+                    np.isfinite(pre)
+                    and np.isfinite(post)
+                    and all(bool(torch.isfinite(p).all()) for p in params)
+                ):
+                    raise TrainingDiverged(
+                        f"training diverged at iteration {step} (return or parameters not finite); "
+                        f"last good checkpoint: {last_path}"
+                    )
                 env_steps = train_eps.env_steps + valid_eps.env_steps
                 if step % int(cfg.log_every) == 0 or step == total:
-                    tracker.log({"train/return_pre": pre, "train/return_post": post, **update,
-                                 "perf/sample_s": t1 - t0, "perf/update_s": t2 - t1,
-                                 "perf/env_steps_per_s": env_steps / max(t1 - t0, 1e-9)}, step=step)
+                    tracker.log(
+                        {
+                            "train/return_pre": pre,
+                            "train/return_post": post,
+                            **update,
+                            "perf/sample_s": t1 - t0,
+                            "perf/update_s": t2 - t1,
+                            "perf/env_steps_per_s": env_steps / max(t1 - t0, 1e-9),
+                        },
+                        step=step,
+                    )
                 bar.set_postfix(pre=f"{pre:.1f}", post=f"{post:.1f}")
 
                 every = int(cfg.eval.every)
@@ -287,11 +363,18 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                     if best["iteration"] < 0 or value > best["metric"]:
                         best = {"metric": value, "iteration": step}
                         ckpt.save_checkpoint(folder / ckpt.BEST, snapshot(step))
-                if stop.requested or step == total or (int(cfg.checkpoint.every) and step % int(cfg.checkpoint.every) == 0):
+                if (
+                    stop.requested
+                    or step == total
+                    or (int(cfg.checkpoint.every) and step % int(cfg.checkpoint.every) == 0)
+                ):
                     ckpt.save_checkpoint(last_path, snapshot(step))
                 if stop.requested:
-                    raise Interrupted(stop.requested, f"stopped by signal {stop.requested} at iteration {step}; "
-                                      f"checkpoint saved to {last_path}; run again in {run_dir} to resume")
+                    raise Interrupted(
+                        stop.requested,
+                        f"stopped by signal {stop.requested} at iteration {step}; "
+                        f"checkpoint saved to {last_path}; run again in {run_dir} to resume",
+                    )
         if start >= total and not last_path.is_file():
             ckpt.save_checkpoint(last_path, snapshot(start))
         result = rl_meta_test(cfg, parts, run_dir, tracker, log_step=max(start, total))

@@ -32,13 +32,17 @@ def fixed_tasks(family: Any, n: int, seed: int) -> list[Any]:
     return family.sample_tasks(n, np.random.default_rng(seed))
 
 
-def returns_after_adaptation(parts: RLParts, tasks: list[Any], steps: int, cfg: DictConfig, seed: int,
-                             keep_episodes: bool = False):
+def returns_after_adaptation(
+    parts: RLParts, tasks: list[Any], steps: int, cfg: DictConfig, seed: int, keep_episodes: bool = False
+):
     """Per-task mean return after 0..steps adaptation steps: a [tasks, steps + 1] tensor.
 
     With keep_episodes, also the episodes of every step (for figures).
     """
-    env_rng, noise = np.random.default_rng(seed + 7), torch.Generator(device=parts.device).manual_seed(seed + 7)
+    env_rng, noise = (
+        np.random.default_rng(seed + 7),
+        torch.Generator(device=parts.device).manual_seed(seed + 7),
+    )
     theta = {k: v.detach() for k, v in parts.params().items()}
     params = {k: v.expand(len(tasks), *v.shape) for k, v in theta.items()}
     columns, kept = [], []
@@ -53,33 +57,67 @@ def returns_after_adaptation(parts: RLParts, tasks: list[Any], steps: int, cfg: 
     return (curve, kept) if keep_episodes else curve
 
 
-def rl_meta_test(cfg: DictConfig, parts: RLParts, run_dir: Path, tracker: Tracker | None,
-                 checkpoint: Path | None = None, log_step: int | None = None) -> CurveResult:
+def rl_meta_test(
+    cfg: DictConfig,
+    parts: RLParts,
+    run_dir: Path,
+    tracker: Tracker | None,
+    checkpoint: Path | None = None,
+    log_step: int | None = None,
+) -> CurveResult:
     """Load the chosen checkpoint and report returns after 0..eval.steps steps on eval.tasks tasks."""
     folder = ckpt.checkpoint_dir(run_dir)
-    path = checkpoint or (folder / ckpt.BEST if cfg.eval.use == "best" and (folder / ckpt.BEST).is_file()
-                          else folder / ckpt.LAST)
+    path = checkpoint or (
+        folder / ckpt.BEST
+        if cfg.eval.use == "best" and (folder / ckpt.BEST).is_file()
+        else folder / ckpt.LAST
+    )
     state = ckpt.load_checkpoint(path, map_location=parts.device)
     ckpt.load_state_strict(parts.policy, state["model"], "policy", path)
     ckpt.load_state_strict(parts.alpha, state["alpha"], "alpha schedule", path)
     tasks = fixed_tasks(parts.family, int(cfg.eval.tasks), int(cfg.eval.seed))
-    curve, episodes = returns_after_adaptation(parts, tasks, int(cfg.eval.steps), cfg, int(cfg.eval.seed),
-                                               keep_episodes=True)
+    curve, episodes = returns_after_adaptation(
+        parts, tasks, int(cfg.eval.steps), cfg, int(cfg.eval.seed), keep_episodes=True
+    )
     rollouts = parts.sampler.rollouts
     result = to_result(curve, "return", rollouts, paper_numbers(cfg, rollouts))
-    log.info("meta-test on %d fixed tasks (eval.seed=%s), %d episodes per task and step, checkpoint %s "
-             "(iteration %d)\n%s", len(tasks), cfg.eval.seed, rollouts, path, state["iteration"],
-             format_table([result]))
+    log.info(
+        "meta-test on %d fixed tasks (eval.seed=%s), %d episodes per task and step, checkpoint %s "
+        "(iteration %d)\n%s",
+        len(tasks),
+        cfg.eval.seed,
+        rollouts,
+        path,
+        state["iteration"],
+        format_table([result]),
+    )
     run_dir = Path(run_dir)
-    write_eval_json(run_dir / "eval.json", [result], checkpoint=str(path), iteration=int(state["iteration"]),
-                    domain=str(cfg.domain.name), eval_seed=int(cfg.eval.seed))
-    figures = {"eval/curve": curve_figure([result], run_dir / "meta_test.png",
-                                          f"{parts.family.name}: return after adaptation (95% CI)", "return")}
+    write_eval_json(
+        run_dir / "eval.json",
+        [result],
+        checkpoint=str(path),
+        iteration=int(state["iteration"]),
+        domain=str(cfg.domain.name),
+        eval_seed=int(cfg.eval.seed),
+    )
+    figures = {
+        "eval/curve": curve_figure(
+            [result],
+            run_dir / "meta_test.png",
+            f"{parts.family.name}: return after adaptation (95% CI)",
+            "return",
+        )
+    }
     if getattr(parts.family, "plots_trajectories", False):
         last = len(episodes) - 1
         figures["eval/trajectories"] = trajectories_figure(
-            {"before adaptation": episodes[0], f"after {last} step{'s' if last != 1 else ''}": episodes[last]},
-            tasks, run_dir / "trajectories.png")
+            {
+                "before adaptation": episodes[0],
+                f"after {last} step{'s' if last != 1 else ''}": episodes[last],
+            },
+            tasks,
+            run_dir / "trajectories.png",
+        )
     if tracker is not None:
         step = int(state["iteration"]) if log_step is None else log_step
         tracker.log(wandb_metrics([result]), step=step)

@@ -42,7 +42,9 @@ class TRPO:
             raise ConfigError("optimizer.ls_backtrack_ratio", self.ls_backtrack_ratio, "must be in (0, 1)")
 
 
-def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10) -> Tensor:
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10
+) -> Tensor:
     """Approximately solve A x = b for symmetric positive-definite A given only x -> A x."""
     x = torch.zeros_like(b)
     r = b.clone()
@@ -111,7 +113,7 @@ def trpo_step(
         with torch.no_grad():
             for p, p0 in zip(params, old, strict=True):
                 n = p.numel()
-                p.copy_(p0 - scale * full_step[offset:offset + n].view_as(p))
+                p.copy_(p0 - scale * full_step[offset : offset + n].view_as(p))
                 offset += n
 
     scale = 1.0

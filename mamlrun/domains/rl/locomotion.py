@@ -16,7 +16,7 @@ env's `set_attr`, so it reaches the right object under any wrapper stack.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -31,14 +31,24 @@ TASK_ATTR = "mamlrun_task"
 KINDS = ("velocity", "direction")
 
 
-def locomotion_reward(env_id: str, kind: str, task: float, x_velocity: float, action: np.ndarray,
-                      contact_forces: np.ndarray | None) -> float:
+def locomotion_reward(
+    env_id: str,
+    kind: str,
+    task: float,
+    x_velocity: float,
+    action: np.ndarray,
+    contact_forces: np.ndarray | None,
+) -> float:
     """The meta-RL reward of DESIGN.md for one step (pure, so tests can check it by hand)."""
     control = float(np.sum(np.square(action)))
     if env_id.startswith("HalfCheetah"):
         progress = -abs(x_velocity - task) if kind == "velocity" else task * x_velocity
         return progress - 0.05 * control
-    contact = 5e-4 * float(np.sum(np.square(np.clip(contact_forces, -1.0, 1.0)))) if contact_forces is not None else 0.0
+    contact = (
+        5e-4 * float(np.sum(np.square(np.clip(contact_forces, -1.0, 1.0))))
+        if contact_forces is not None
+        else 0.0
+    )
     progress = (-abs(x_velocity - task) + 1.0) if kind == "velocity" else task * x_velocity
     return progress + 0.05 - 0.005 * control - contact
 
@@ -56,18 +66,16 @@ class TaskReward(gym.Wrapper):
         obs, _, terminated, truncated, info = self.env.step(action)
         base = self.env.unwrapped
         forces = base.data.cfrc_ext if self.env_id.startswith("Ant") else None
-        reward = locomotion_reward(self.env_id, self.kind, float(getattr(base, TASK_ATTR)), float(info["x_velocity"]),
-                                   action, forces)
+        reward = locomotion_reward(
+            self.env_id, self.kind, float(getattr(base, TASK_ATTR)), float(info["x_velocity"]), action, forces
+        )
         return obs, reward, terminated, truncated, info
 
 
 class GymVectorEnv:
-    """A gymnasium vector env of one locomotion family; tensors in and out."""
+    """A gymnasium vector env of `num_envs` copies of `make()`; tensors in and out."""
 
-    def __init__(self, env_id: str, kind: str, num_envs: int, horizon: int, vectorization: str) -> None:
-        def make() -> gym.Env:
-            return TaskReward(gym.make(env_id, max_episode_steps=horizon), env_id, kind)
-
+    def __init__(self, make: Callable[[], gym.Env], num_envs: int, vectorization: str = "sync") -> None:
         cls = SyncVectorEnv if vectorization == "sync" else AsyncVectorEnv
         # NEXT_STEP autoreset: the step after an episode ends is a reset "dummy" step; the sampler
         # masks everything after an episode's end, so that step never reaches the data.
@@ -82,7 +90,9 @@ class GymVectorEnv:
         return torch.as_tensor(obs, dtype=torch.float32)
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        obs, reward, terminated, truncated, _ = self.envs.step(actions.detach().cpu().numpy().astype(np.float64))
+        obs, reward, terminated, truncated, _ = self.envs.step(
+            actions.detach().cpu().numpy().astype(np.float64)
+        )
         done = torch.as_tensor(np.logical_or(terminated, truncated))
         return (torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(reward, dtype=torch.float32), done)
 
@@ -102,8 +112,14 @@ class LocomotionFamily:
         vectorization: sync (one process; faster on few cores) | async (a process per env).
     """
 
-    def __init__(self, env_id: str, task: str = "velocity", velocity_range: Sequence[float] = (0.0, 2.0),
-                 horizon: int = 200, vectorization: str = "sync") -> None:
+    def __init__(
+        self,
+        env_id: str,
+        task: str = "velocity",
+        velocity_range: Sequence[float] = (0.0, 2.0),
+        horizon: int = 200,
+        vectorization: str = "sync",
+    ) -> None:
         if task not in KINDS:
             raise ConfigError("domain.tasks.task", task, f"choose {' or '.join(KINDS)}")
         if vectorization not in ("sync", "async"):
@@ -117,8 +133,10 @@ class LocomotionFamily:
             probe = gym.make(env_id)
         except gym.error.Error as exc:
             known = ", ".join(i for i in ("HalfCheetah-v5", "Ant-v5"))
-            raise UserError(f"domain.tasks.env_id={env_id!r} is not a gymnasium environment here ({exc}); "
-                            f"mamlrun's locomotion tasks use {known}") from None
+            raise UserError(
+                f"domain.tasks.env_id={env_id!r} is not a gymnasium environment here ({exc}); "
+                f"mamlrun's locomotion tasks use {known}"
+            ) from None
         self.obs_dim = int(np.prod(probe.observation_space.shape))
         self.act_dim = int(np.prod(probe.action_space.shape))
         probe.close()
@@ -131,8 +149,12 @@ class LocomotionFamily:
             return [float(v) for v in rng.uniform(*self.velocity_range, size=n)]
         return [float(d) for d in rng.choice([-1.0, 1.0], size=n)]
 
+    def make_one(self) -> gym.Env:
+        """One environment: gymnasium's, time-limited to the horizon, with the task's reward."""
+        return TaskReward(gym.make(self.env_id, max_episode_steps=self.horizon), self.env_id, self.kind)
+
     def make_env(self, num_envs: int) -> GymVectorEnv:
-        return GymVectorEnv(self.env_id, self.kind, num_envs, self.horizon, self.vectorization)
+        return GymVectorEnv(self.make_one, num_envs, self.vectorization)
 
     def describe_task(self, task: Any) -> str:
         return f"goal velocity {task:.2f}" if self.kind == "velocity" else f"direction {task:+.0f}"

@@ -23,7 +23,12 @@ class Nav2DEnvs:
     """`num_envs` point agents stepped together."""
 
     def __init__(self, num_envs: int, max_action: float, goal_radius: float, horizon: int) -> None:
-        self.num_envs, self.max_action, self.goal_radius, self.horizon = num_envs, max_action, goal_radius, horizon
+        self.num_envs, self.max_action, self.goal_radius, self.horizon = (
+            num_envs,
+            max_action,
+            goal_radius,
+            horizon,
+        )
         self.goals = torch.zeros(num_envs, 2)
         self.state = torch.zeros(num_envs, 2)
         self.t = 0
@@ -63,8 +68,13 @@ class Nav2DFamily:
     act_dim = 2
     plots_trajectories = True  # the observation is the position: the meta-test draws the paths
 
-    def __init__(self, goal_range: Sequence[float] = (-0.5, 0.5), max_action: float = 0.1,
-                 goal_radius: float = 0.01, horizon: int = 100) -> None:
+    def __init__(
+        self,
+        goal_range: Sequence[float] = (-0.5, 0.5),
+        max_action: float = 0.1,
+        goal_radius: float = 0.01,
+        horizon: int = 100,
+    ) -> None:
         low, high = (float(v) for v in goal_range)
         if not low <= high:
             raise ConfigError("domain.tasks.goal_range", list(goal_range), "need low <= high")
@@ -72,7 +82,12 @@ class Nav2DFamily:
             raise ConfigError("domain.tasks.max_action", max_action, "must be > 0")
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
             raise ConfigError("domain.horizon", horizon, "the episode horizon must be an integer >= 1")
-        self.goal_range, self.max_action, self.goal_radius, self.horizon = (low, high), max_action, goal_radius, horizon
+        self.goal_range, self.max_action, self.goal_radius, self.horizon = (
+            (low, high),
+            max_action,
+            goal_radius,
+            horizon,
+        )
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
         return list(rng.uniform(self.goal_range[0], self.goal_range[1], size=(n, 2)))

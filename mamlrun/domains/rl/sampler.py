@@ -70,8 +70,14 @@ class EpisodeSampler:
         self._envs.clear()
 
     @torch.no_grad()
-    def sample(self, tasks: list[Any], params: dict[str, Tensor], batched: bool, rng: np.random.Generator,
-               noise: torch.Generator) -> Episodes:
+    def sample(
+        self,
+        tasks: list[Any],
+        params: dict[str, Tensor],
+        batched: bool,
+        rng: np.random.Generator,
+        noise: torch.Generator,
+    ) -> Episodes:
         n_tasks, r, horizon = len(tasks), self.rollouts, self.family.horizon
         env = self._env(n_tasks * r)
         env.set_tasks([task for task in tasks for _ in range(r)])
@@ -105,5 +111,10 @@ class EpisodeSampler:
         def tasks_first(x: Tensor) -> Tensor:
             return x.transpose(0, 1).contiguous()
 
-        return Episodes(tasks_first(out_obs), tasks_first(out_act), tasks_first(out_rew), tasks_first(out_mask),
-                        tasks_first(out_logp))
+        return Episodes(
+            tasks_first(out_obs),
+            tasks_first(out_act),
+            tasks_first(out_rew),
+            tasks_first(out_mask),
+            tasks_first(out_logp),
+        )
