@@ -57,6 +57,18 @@ class Tracker:
         if wandb_settings is not None and wandb_settings.get("mode") != "disabled":
             self._start_wandb(config, dict(wandb_settings))
 
+    @classmethod
+    def for_run(cls, cfg: Any, run_dir: Path, start: int) -> Tracker:
+        """The tracker of a training run that starts (or resumes) at iteration `start`."""
+        from omegaconf import OmegaConf
+
+        return cls(
+            run_dir,
+            OmegaConf.to_container(cfg, resolve=True),
+            wandb_settings(cfg),
+            resume_step=start if start else None,
+        )
+
     # ------------------------------------------------------------------ W&B
     def _start_wandb(self, config: Mapping[str, Any], settings: dict[str, Any]) -> None:
         id_file = self.run_dir / RUN_ID_FILE

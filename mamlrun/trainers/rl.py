@@ -38,7 +38,7 @@ from mamlrun.models.policy import gaussian_kl, gaussian_log_prob
 from mamlrun.progress import progress_bar
 from mamlrun.seeding import seed_everything
 from mamlrun.stopping import GracefulStop
-from mamlrun.tracking import Tracker, wandb_settings
+from mamlrun.tracking import Tracker
 from mamlrun.trainers.baseline import advantages
 from mamlrun.trainers.trpo import TRPO, trpo_step
 
@@ -253,12 +253,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         start, best = int(state["iteration"]), dict(state["best"])
         log.info("resuming from %s at iteration %d", last_path, start)
 
-    tracker = Tracker(
-        run_dir,
-        OmegaConf.to_container(cfg, resolve=True),
-        wandb_settings(cfg),
-        resume_step=start if start else None,
-    )
+    tracker = Tracker.for_run(cfg, run_dir, start)
     log.info(
         "%s | %s, %d parameters | %s | %s order | %d inner step(s), %d at test | meta-batch %d x %d episodes "
         "of %d steps | %s outer step | %d iterations | device %s",

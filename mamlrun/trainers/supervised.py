@@ -35,7 +35,7 @@ from mamlrun.maml import AlphaSchedule, MetaObjective, TaskLoss
 from mamlrun.progress import progress_bar
 from mamlrun.seeding import generator, seed_everything
 from mamlrun.stopping import GracefulStop
-from mamlrun.tracking import Tracker, wandb_settings
+from mamlrun.tracking import Tracker
 from mamlrun.trainers.supervised_eval import supervised_meta_test
 
 log = logging.getLogger(__name__)
@@ -222,12 +222,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         start, best = int(state["iteration"]), dict(state["best"])
         log.info("resuming from %s at iteration %d", last_path, start)
 
-    tracker = Tracker(
-        run_dir,
-        OmegaConf.to_container(cfg, resolve=True),
-        wandb_settings(cfg),
-        resume_step=start if start else None,
-    )
+    tracker = Tracker.for_run(cfg, run_dir, start)
     n_params = sum(p.numel() for p in parts.model.parameters())
     log.info(
         "%s (%s) | %s, %d parameters | %s | %s order | %d inner step(s), %d at test | meta-batch %d | "

@@ -1,10 +1,16 @@
 """2D navigation (the paper's section 5.3): a point agent steers to a goal it must discover.
 
 The agent starts at (0, 0); a task is a goal drawn from U[-0.5, 0.5]^2; an action is a velocity,
-clipped to [-0.1, 0.1] per axis; the reward is minus the distance to the goal after the move (the
-plain distance, as in the code behind the paper's numbers; its text says squared); an episode ends
-within 0.01 of the goal or at the horizon (100). All environments are stepped at once as tensors:
-no MuJoCo, no Python loop over environments.
+scaled by `action_scale` and clipped to [-0.1, 0.1] per axis; the reward is minus the distance to
+the goal after the move (the plain distance, as in the code behind the paper's numbers; its text
+says squared); an episode ends within 0.01 of the goal or at the horizon (100).
+
+`action_scale`: the paper's code runs the point env under rllab's `normalize`, which maps policy
+actions in [-1, 1] onto the velocity range, so a unit-variance initial policy explores at the
+scale of a step (action_scale=0.1, the default); pytorch-maml-rl feeds raw actions
+(action_scale=1), where almost every early action saturates the clip.
+
+All environments are stepped at once as tensors: no MuJoCo, no Python loop over environments.
 """
 
 from __future__ import annotations
@@ -22,13 +28,11 @@ from mamlrun.errors import ConfigError
 class Nav2DEnvs:
     """`num_envs` point agents stepped together."""
 
-    def __init__(self, num_envs: int, max_action: float, goal_radius: float, horizon: int) -> None:
-        self.num_envs, self.max_action, self.goal_radius, self.horizon = (
-            num_envs,
-            max_action,
-            goal_radius,
-            horizon,
-        )
+    def __init__(
+        self, num_envs: int, max_action: float, goal_radius: float, horizon: int, action_scale: float = 1.0
+    ) -> None:
+        self.num_envs, self.horizon = num_envs, horizon
+        self.max_action, self.goal_radius, self.action_scale = max_action, goal_radius, action_scale
         self.goals = torch.zeros(num_envs, 2)
         self.state = torch.zeros(num_envs, 2)
         self.t = 0
@@ -42,8 +46,8 @@ class Nav2DEnvs:
         return self.state.clone()
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        actions = torch.as_tensor(actions, dtype=torch.float32).cpu().clamp(-self.max_action, self.max_action)
-        self.state = self.state + actions
+        velocity = torch.as_tensor(actions, dtype=torch.float32).cpu() * self.action_scale
+        self.state = self.state + velocity.clamp(-self.max_action, self.max_action)
         self.t += 1
         distance = torch.linalg.vector_norm(self.state - self.goals, dim=-1)
         done = (distance < self.goal_radius) | (self.t >= self.horizon)
@@ -61,6 +65,7 @@ class Nav2DFamily:
         max_action: the velocity clip per axis.
         goal_radius: an episode ends this close to the goal.
         horizon: the longest episode.
+        action_scale: velocity = clip(action_scale * action, +-max_action).
     """
 
     name = "nav2d"
@@ -74,26 +79,24 @@ class Nav2DFamily:
         max_action: float = 0.1,
         goal_radius: float = 0.01,
         horizon: int = 100,
+        action_scale: float = 0.1,
     ) -> None:
         low, high = (float(v) for v in goal_range)
         if not low <= high:
             raise ConfigError("domain.tasks.goal_range", list(goal_range), "need low <= high")
-        if not max_action > 0:
-            raise ConfigError("domain.tasks.max_action", max_action, "must be > 0")
+        for key, value in (("max_action", max_action), ("action_scale", action_scale)):
+            if not value > 0:
+                raise ConfigError(f"domain.tasks.{key}", value, "must be > 0")
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
             raise ConfigError("domain.horizon", horizon, "the episode horizon must be an integer >= 1")
-        self.goal_range, self.max_action, self.goal_radius, self.horizon = (
-            (low, high),
-            max_action,
-            goal_radius,
-            horizon,
-        )
+        self.goal_range, self.max_action, self.goal_radius = (low, high), max_action, goal_radius
+        self.horizon, self.action_scale = horizon, action_scale
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
         return list(rng.uniform(self.goal_range[0], self.goal_range[1], size=(n, 2)))
 
     def make_env(self, num_envs: int) -> Nav2DEnvs:
-        return Nav2DEnvs(num_envs, self.max_action, self.goal_radius, self.horizon)
+        return Nav2DEnvs(num_envs, self.max_action, self.goal_radius, self.horizon, self.action_scale)
 
     def describe_task(self, task: Any) -> str:
         return f"goal ({task[0]:+.2f}, {task[1]:+.2f})"
