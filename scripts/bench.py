@@ -362,7 +362,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--suite", choices=["sinusoid", "omniglot"], action="append", help="run only these suites"
+        "--suite", choices=["sinusoid", "omniglot", "rl"], action="append", help="run only these suites"
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="interleaved timing rounds (median is reported)"
@@ -417,6 +417,8 @@ def main() -> None:
             device,
             memory=not args.no_memory,
         )
+    if "rl" in chosen:
+        rl_suite(device)
 
 
 if __name__ == "__main__":

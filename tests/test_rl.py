@@ -343,6 +343,7 @@ def test_environment_failure_saves_a_checkpoint_and_names_the_error(tmp_path):
         "~domain.tasks.goal_range",
         "~domain.tasks.max_action",
         "~domain.tasks.goal_radius",
+        "~domain.tasks.action_scale",
     )
     cfg.domain.tasks.fail_at = None
     rl.train(cfg, tmp_path / "ok")  # the toy family runs
