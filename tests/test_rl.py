@@ -32,39 +32,60 @@ LOCOMOTION = [
 # ----------------------------------------------------------------------------- environments
 @pytest.mark.parametrize("env_id,kind,task", LOCOMOTION)
 def test_locomotion_reward_is_the_design_formula_on_hand_set_states(env_id, kind, task):
+    """Through the vector env the sampler uses: two envs, two tasks, hand-set states, an action
+    beyond [-1, 1]; each reward is DESIGN.md's formula on the state change the step produced."""
     family = LocomotionFamily(env_id, kind, horizon=50)
-    env = family.make_one()
-    env.reset(seed=0)
-    base = env.unwrapped
-    base.mamlrun_task = task
+    vec = family.make_env(2)
+    tasks = [task, 0.5 if kind == "velocity" else -task]
+    vec.set_tasks(tasks)
+    vec.reset([0, 1])
+    bases = [env.unwrapped for env in vec.envs.envs]
+    assert [b.mamlrun_task for b in bases] == tasks  # the task reaches the unwrapped env too
     rng = np.random.default_rng(1)
-    qpos = base.init_qpos + rng.normal(0, 0.05, base.model.nq)
-    qvel = rng.normal(0, 0.5, base.model.nv)
-    qvel[0] = 1.7  # forward speed of the root
-    base.set_state(qpos, qvel)
-    action = np.linspace(-1.8, 1.8, family.act_dim)  # beyond [-1, 1]: clipped before the step
+    for i, base in enumerate(bases):
+        qpos = base.init_qpos + rng.normal(0, 0.05, base.model.nq)
+        qvel = rng.normal(0, 0.5, base.model.nv)
+        qvel[0] = 1.7 - i  # forward speed of the root
+        base.set_state(qpos, qvel)
+    actions = np.stack([np.linspace(-1.8, 1.8, family.act_dim), np.linspace(0.9, -0.3, family.act_dim)])
 
-    def x() -> float:  # what gymnasium's x_velocity differentiates: the root joint / the torso body
+    def x(base) -> float:  # what gymnasium's x_velocity differentiates: the root joint / the torso body
         return (
             float(base.data.qpos[0])
             if env_id.startswith("HalfCheetah")
             else float(base.data.body("torso").xpos[0])
         )
 
-    x_before = x()
-    _, reward, _, truncated, _ = env.step(action)
-    vx = (x() - x_before) / base.dt
-    a = np.clip(action, -1, 1)
-    ctrl = float(np.sum(a**2))
-    if env_id.startswith("HalfCheetah"):
-        want = (-abs(vx - task) if kind == "velocity" else task * vx) - 0.05 * ctrl
-    else:
-        contact = 5e-4 * float(np.sum(np.clip(base.data.cfrc_ext, -1, 1) ** 2))
-        want = (-abs(vx - task) + 1.0 if kind == "velocity" else task * vx) + 0.05 - 0.005 * ctrl - contact
-    assert reward == pytest.approx(want, rel=1e-6, abs=1e-6)
-    assert not truncated
-    assert locomotion_reward(env_id, kind, task, vx, a, base.data.cfrc_ext) == pytest.approx(want, abs=1e-6)
-    env.close()
+    contacts = 0
+    for _ in range(30):  # 30 steps from the hand-set state: Ant falls, lands and pushes (contact forces)
+        x_before = [x(b) for b in bases]
+        _, rewards, done = vec.step(torch.as_tensor(actions, dtype=torch.float32))
+        for i, base in enumerate(bases):
+            vx = (x(base) - x_before[i]) / base.dt
+            a = np.clip(actions[i].astype(np.float32).astype(np.float64), -1, 1)  # clipped before the step
+            ctrl = float(np.sum(a**2))
+            t = tasks[i]
+            if env_id.startswith("HalfCheetah"):
+                want = (-abs(vx - t) if kind == "velocity" else t * vx) - 0.05 * ctrl
+                contact = None
+            else:
+                contact = 5e-4 * float(np.sum(np.clip(base.data.cfrc_ext, -1, 1) ** 2))
+                contacts += contact > 1e-4
+                want = (-abs(vx - t) + 1.0 if kind == "velocity" else t * vx) + 0.05 - 0.005 * ctrl - contact
+            assert float(rewards[i]) == pytest.approx(want, rel=1e-5, abs=1e-5)
+            one = locomotion_reward(
+                env_id,
+                kind,
+                np.array([t]),
+                np.array([vx]),
+                a[None],
+                None if contact is None else np.array([contact]),
+            )
+            assert float(one[0]) == pytest.approx(want, abs=1e-6)
+        if done.any():
+            break
+    assert env_id.startswith("HalfCheetah") or contacts >= 5  # the contact term was exercised
+    vec.close()
 
 
 def test_ant_terminates_when_unhealthy_and_cheetah_never_does():
