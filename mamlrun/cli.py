@@ -18,7 +18,8 @@ from typing import Annotated
 import typer
 import yaml
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# conf/ sits at the top of the repository; mamlrun/conf links to it so that wheels carry it too.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 COMMANDS = ("train", "eval", "resume", "configs", "version")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 

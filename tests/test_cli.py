@@ -107,3 +107,46 @@ def test_diverging_adaptation_is_reported_not_hidden(tmp_path):
     assert result["diverged_tasks"] == result["num_tasks"] == 8
     assert result["mean"][-1] is None and result["mean"][0] is not None
     assert "adaptation diverged (NaN/inf) on 8 of 8 tasks" in proc.stderr + proc.stdout
+
+
+def test_a_built_wheel_carries_the_whole_config_tree(tmp_path):
+    """`pip install git+...` (not editable) must still find conf/: the wheel ships it as mamlrun/conf.
+
+    Built from a clean copy of the sources (setuptools reuses an in-tree build/ directory)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(
+        repo,
+        src,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".venv", "build", "*.egg-info", ".git", "*_cache", "outputs", "multirun"
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("mamlrun-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {n.removeprefix("mamlrun/conf/") for n in names if n.startswith("mamlrun/conf/")}
+    in_repo = {str(p.relative_to(repo / "conf")) for p in (repo / "conf").rglob("*.yaml")}
+    assert in_repo and shipped == in_repo
