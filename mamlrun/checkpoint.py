@@ -80,6 +80,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
+def chosen_checkpoint(run_dir: Path, use: str) -> Path:
+    """The checkpoint a run's meta-test uses: best.pt when `use` is "best" and validation wrote one,
+    else last.pt (eval.use)."""
+    folder = checkpoint_dir(run_dir)
+    if use == "best" and (folder / BEST).is_file():
+        return folder / BEST
+    return folder / LAST
+
+
 def find_checkpoint(path: Path, prefer: str = BEST) -> Path:
     """A checkpoint file from a run directory (best.pt, else last.pt) or a file path as given."""
     path = Path(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from mamlrun.maml import AlphaSchedule, TaskLoss, adaptation_curve
@@ -162,3 +163,10 @@ def wandb_metrics(results: Sequence[CurveResult], prefix: str = "eval") -> dict[
             out[f"{prefix}/{r.metric}_k{r.shots}_step{step}"] = mean
             out[f"{prefix}/{r.metric}_k{r.shots}_step{step}_ci95"] = ci
     return out
+
+
+def paper_numbers(cfg: DictConfig, shots: int) -> dict[int, float]:
+    """The paper's figure for this K, by step, when the preset records one (eval.paper)."""
+    paper = cfg.eval.get("paper") or {}
+    table = paper.get(shots) if isinstance(paper, DictConfig) else None
+    return {int(k): float(v) for k, v in (OmegaConf.to_container(table) or {}).items()} if table else {}

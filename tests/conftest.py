@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,6 +59,11 @@ def run_cli(
             f"mamlrun {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def meta_test_results(run_dir: Path) -> list[dict]:
+    """The `results` of a run's eval.json: one entry per K (supervised) or the return curve (RL)."""
+    return json.loads((run_dir / "eval.json").read_text())["results"]
 
 
 def smoke_overrides(run_dir: Path, *extra: str) -> list[str]:

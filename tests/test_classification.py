@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from mamlrun.trainers import supervised
-from tests.conftest import MINIMAL_PAPER_SPLIT, compose_config, needs_omniglot, run_cli, smoke_overrides
+from tests.conftest import (
+    MINIMAL_PAPER_SPLIT,
+    compose_config,
+    meta_test_results,
+    needs_omniglot,
+    run_cli,
+    smoke_overrides,
+)
 from tests.data_factory import write_miniimagenet_pickles
 from tests.test_configs import options
 
@@ -58,7 +63,7 @@ def test_omniglot_presets_smoke_run_on_the_real_minimal_sets(tmp_path, preset):
     split = [] if preset == "omniglot_minimal" else MINIMAL_PAPER_SPLIT
     cfg = compose_config([f"experiment={preset}", "debug=smoke", "meta_iterations=2", *split])
     supervised.train(cfg, tmp_path)
-    result = json.loads((tmp_path / "eval.json").read_text())["results"][0]
+    result = meta_test_results(tmp_path)[0]
     assert result["metric"] == "acc" and len(result["steps"]) == cfg.eval.steps + 1
     assert 0.0 <= result["mean"][-1] <= 100.0
 
@@ -82,7 +87,7 @@ def test_miniimagenet_presets_smoke_run_on_generated_data(tmp_path, preset):
         ]
     )
     supervised.train(cfg, tmp_path / "run")
-    result = json.loads((tmp_path / "run" / "eval.json").read_text())["results"][0]
+    result = meta_test_results(tmp_path / "run")[0]
     assert result["num_tasks"] == 2 and len(result["steps"]) == cfg.eval.steps + 1
 
 
@@ -104,7 +109,7 @@ def test_minimal_omniglot_learns_far_above_chance_on_held_out_alphabets(tmp_path
         ]
     )
     supervised.train(cfg, tmp_path)
-    result = json.loads((tmp_path / "eval.json").read_text())["results"][0]
+    result = meta_test_results(tmp_path)[0]
     before, after = result["mean"][0], result["mean"][-1]
     # Measured here: chance-level before adaptation (~20%), about 70% after 3 steps from 120 iterations.
     assert 15.0 < before < 25.0

@@ -3,15 +3,13 @@ multirun makes one run per value, and a bad override fails cleanly."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mamlrun.build import build_alpha, build_model, build_optimizer, build_tasks, construct
 from mamlrun.cli import describe_options
-from tests.conftest import CONF_DIR, compose_config, run_cli
+from tests.conftest import CONF_DIR, compose_config, meta_test_results, run_cli
 
 GROUPS = describe_options(CONF_DIR)
 JOB_GROUPS = ["domain", "model", "optimizer", "order", "alpha", "logger", "experiment", "debug"]
@@ -126,7 +124,7 @@ def test_multirun_makes_one_run_per_value(tmp_path):
     orders = [OmegaConf.load(job / ".hydra" / "config.yaml").order.name for job in jobs]
     assert orders == ["first", "second"]
     for job in jobs:
-        assert json.loads((job / "eval.json").read_text())["results"]
+        assert meta_test_results(job)
         assert (job / "checkpoints" / "last.pt").is_file()
 
 
@@ -177,4 +175,4 @@ def test_joblib_launcher_runs_jobs_in_worker_processes(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     for job in ("0", "1"):
-        assert json.loads((sweep / job / "eval.json").read_text())["results"]
+        assert meta_test_results(sweep / job)

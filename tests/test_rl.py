@@ -17,7 +17,7 @@ from mamlrun.models.policy import GaussianPolicy
 from mamlrun.trainers import rl
 from mamlrun.trainers.baseline import advantages, discounted_returns, fit_linear_baseline
 from mamlrun.trainers.trpo import TRPO, conjugate_gradient, trpo_step
-from tests.conftest import compose_config, run_cli, smoke_overrides
+from tests.conftest import compose_config, meta_test_results, run_cli, smoke_overrides
 from tests.test_configs import options
 from tests.toys import CountdownFamily
 
@@ -316,7 +316,7 @@ def test_smoke_presets_run_two_iterations_on_real_environments(tmp_path, preset)
         ]
     )
     rl.train(cfg, tmp_path)
-    result = json.loads((tmp_path / "eval.json").read_text())["results"][0]
+    result = meta_test_results(tmp_path)[0]
     assert result["metric"] == "return" and len(result["steps"]) == 4
     assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 2
     assert (tmp_path / "trajectories.png").exists() == preset.startswith("nav2d")
@@ -422,7 +422,7 @@ def test_nav2d_learns_to_adapt(tmp_path):
     rl.train(cfg, tmp_path)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     at_init = next(m for m in metrics if "train/return_pre" in m)["train/return_pre"]
-    result = json.loads((tmp_path / "eval.json").read_text())["results"][0]
+    result = meta_test_results(tmp_path)[0]
     before, after = result["mean"][0], result["mean"][1]
     # Measured here (40 iterations, 10 tasks x 10 episodes, 40 s): -84 on the first batch (the
     # initial policy, actions scaled to 0.1), -35 before adaptation and -15 after one step (-6 after

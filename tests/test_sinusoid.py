@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from mamlrun.domains.sinusoid import SinusoidTasks
 from mamlrun.errors import ConfigError
 from mamlrun.trainers import supervised
+from tests.conftest import meta_test_results
 
 
 def test_tasks_follow_the_papers_distribution():
@@ -59,7 +59,7 @@ def test_short_run_adapts_far_better_than_before_adaptation(tmp_path, smoke_cfg)
         "checkpoint.every=500",
     )
     supervised.train(cfg, tmp_path)
-    result = json.loads((tmp_path / "eval.json").read_text())["results"][0]
+    result = meta_test_results(tmp_path)[0]
     before, after = result["mean"][0], result["mean"][10]
     assert result["num_tasks"] == 200 and result["shots"] == 10
     # Measured here: about 3.2 before and 0.5 after ten steps. A model that does not adapt stays near 3.

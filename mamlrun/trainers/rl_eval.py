@@ -16,10 +16,16 @@ import torch
 from omegaconf import DictConfig
 
 from mamlrun import checkpoint as ckpt
-from mamlrun.evaluation import CurveResult, format_table, to_result, wandb_metrics, write_eval_json
+from mamlrun.evaluation import (
+    CurveResult,
+    format_table,
+    paper_numbers,
+    to_result,
+    wandb_metrics,
+    write_eval_json,
+)
 from mamlrun.plots import curve_figure, trajectories_figure
 from mamlrun.tracking import Tracker
-from mamlrun.trainers.supervised_eval import paper_numbers
 
 if TYPE_CHECKING:
     from mamlrun.trainers.rl import RLParts
@@ -66,12 +72,7 @@ def rl_meta_test(
     log_step: int | None = None,
 ) -> CurveResult:
     """Load the chosen checkpoint and report returns after 0..eval.steps steps on eval.tasks tasks."""
-    folder = ckpt.checkpoint_dir(run_dir)
-    path = checkpoint or (
-        folder / ckpt.BEST
-        if cfg.eval.use == "best" and (folder / ckpt.BEST).is_file()
-        else folder / ckpt.LAST
-    )
+    path = checkpoint or ckpt.chosen_checkpoint(run_dir, cfg.eval.use)
     state = ckpt.load_checkpoint(path, map_location=parts.device)
     ckpt.load_state_strict(parts.policy, state["model"], "policy", path)
     ckpt.load_state_strict(parts.alpha, state["alpha"], "alpha schedule", path)

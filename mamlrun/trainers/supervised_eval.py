@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mamlrun import checkpoint as ckpt
 from mamlrun.evaluation import (
     CurveResult,
     format_table,
+    paper_numbers,
     supervised_curves,
     to_result,
     wandb_metrics,
@@ -31,21 +32,6 @@ if TYPE_CHECKING:
     from mamlrun.trainers.supervised import Parts
 
 log = logging.getLogger(__name__)
-
-
-def pick_checkpoint(cfg: DictConfig, run_dir: Path) -> Path:
-    """best.pt when eval.use=best and validation wrote one, else last.pt."""
-    folder = ckpt.checkpoint_dir(run_dir)
-    if cfg.eval.use == "best" and (folder / ckpt.BEST).is_file():
-        return folder / ckpt.BEST
-    return folder / ckpt.LAST
-
-
-def paper_numbers(cfg: DictConfig, shots: int) -> dict[int, float]:
-    """The paper's figure for this K, by step, when the preset records one (eval.paper)."""
-    paper = cfg.eval.get("paper") or {}
-    table = paper.get(shots) if isinstance(paper, DictConfig) else None
-    return {int(k): float(v) for k, v in (OmegaConf.to_container(table) or {}).items()} if table else {}
 
 
 def supervised_meta_test(
@@ -63,7 +49,7 @@ def supervised_meta_test(
     """
     from mamlrun.trainers.supervised import load_weights
 
-    path = checkpoint or pick_checkpoint(cfg, run_dir)
+    path = checkpoint or ckpt.chosen_checkpoint(run_dir, cfg.eval.use)
     state = ckpt.load_checkpoint(path, map_location=parts.device)
     load_weights(parts, state, path)
     params = dict(parts.model.named_parameters())
