@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationKeyError
 from torch import nn
 
-from mamlrun.errors import ConfigError, UserError
 from mamlrun.maml import AlphaSchedule
+from mamlrun.runtime.errors import ConfigError, UserError
 
 # compile=auto turns torch.compile on only for runs long enough to repay its start-up cost
 COMPILE_MIN_ITERATIONS = 2000

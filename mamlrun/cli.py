@@ -21,6 +21,8 @@ import yaml
 # conf/ sits at the top of the repository; mamlrun/conf links to it so that wheels carry it too.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 COMMANDS = ("train", "eval", "resume", "configs", "version")
+# groups whose option is not chosen in conf/config.yaml's defaults list
+IMPLICIT_DEFAULTS = {"hydra/launcher": "basic", "meta_test": "chosen by the domain"}
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 app = typer.Typer(
@@ -108,7 +110,7 @@ def configs() -> None:
             for key, value in entry.items():
                 defaults[key.replace("override ", "")] = value
     for group, options in describe_options().items():
-        default = defaults.get(group) or ("basic" if group == "hydra/launcher" else "none")
+        default = defaults.get(group) or IMPLICIT_DEFAULTS.get(group, "none")
         typer.echo(f"{group}  (default: {default})")
         width = max(len(name) for name, _ in options)
         for name, description in options:

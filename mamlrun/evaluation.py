@@ -1,15 +1,19 @@
-"""The meta-test protocol: fixed seeded test tasks, metric after 0..K test-time steps, mean +- 95% CI.
+"""The meta-test protocol's statistics and its one report, shared by every kind.
 
 Results are reported as the papers do: mean over tasks and the half-width of a 95% confidence
-interval, 1.96 * std / sqrt(n). They go to the log (a table), W&B and `eval.json`.
+interval, 1.96 * std / sqrt(n). `report` writes them everywhere at once: a table in the log,
+`eval.json`, the metric-vs-steps figure (plus any figures the kind drew), and W&B. How a metric is
+named and printed (unit, decimals, column label) comes from the caller's `MetricSpec`; this module
+knows no kind. The adaptation that produces the numbers lives with each trainer.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,36 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from mamlrun.maml import AlphaSchedule, TaskLoss, adaptation_curve
-from mamlrun.maml.objective import task_slice
+from mamlrun.plots import curve_figure
+from mamlrun.runtime.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+EVAL_JSON = "eval.json"
+CURVE_PNG = "meta_test.png"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How a kind's meta-test metric is named, compared and printed.
+
+    Args:
+        name: the metric's short name in files and W&B keys (mse, acc, return).
+        higher_is_better: picks best.pt by validation.
+        unit: printed after each table cell and on the figure's axis ("%" for accuracies).
+        digits: decimals in the table.
+        column: the table header of one curve; may use {metric}, {shots} and {tasks}.
+    """
+
+    name: str
+    higher_is_better: bool
+    unit: str = ""
+    digits: int = 3
+    column: str = "{metric} K={shots} (n={tasks})"
+
+    @property
+    def axis_label(self) -> str:
+        return f"{self.name} ({self.unit})" if self.unit else self.name
 
 
 @dataclass
@@ -40,6 +72,21 @@ class CurveResult:
         return self.mean[-1]
 
 
+@dataclass
+class MetaTestOutcome:
+    """What a kind's meta-test hands the report: curves, how to print them, and its own figures.
+
+    `headline` is the one number a sweep optimises when validation is off (the kind chooses it).
+    """
+
+    results: list[CurveResult]
+    spec: MetricSpec
+    title: str
+    description: str  # what was measured, for the log line above the table
+    headline: float
+    figures: dict[str, Path] = field(default_factory=dict)  # W&B key -> PNG already written
+
+
 def mean_ci95(values: Tensor) -> tuple[list[float], list[float]]:
     """Column means and 95% CI half-widths of a [tasks, steps] tensor."""
     values = values.double()
@@ -50,42 +97,10 @@ def mean_ci95(values: Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), ci.tolist()
 
 
-@torch.no_grad()
-def supervised_curves(
-    params: Mapping[str, Tensor],
-    alpha: AlphaSchedule,
-    support: Any,
-    query: Any,
-    steps: int,
-    *,
-    task_loss: TaskLoss,
-    metric: Callable[[dict[str, Tensor], Any], Tensor],
-    chunk_size: int,
-) -> Tensor:
-    """Per-task metric after 0..steps inner steps: a [tasks, steps + 1] tensor on the CPU.
-
-    Tasks are vmapped in chunks of `chunk_size`; inner steps are first order (no outer gradient).
-    """
-    frozen = {k: v.detach() for k, v in params.items()}
-    alpha_params = {k: v.detach() for k, v in alpha.named_parameters()}
-
-    def one_task(s: Any, q: Any) -> Tensor:
-        return adaptation_curve(
-            frozen, alpha_params, s, q, steps, task_loss=task_loss, metric=metric, alpha=alpha
-        )
-
-    batched = torch.func.vmap(one_task, randomness="different")
-    total = int(torch.utils._pytree.tree_leaves(support)[0].shape[0])
-    rows = []
-    for start in range(0, total, chunk_size):
-        stop = min(start + chunk_size, total)
-        rows.append(batched(task_slice(support, start, stop), task_slice(query, start, stop)).cpu())
-    return torch.cat(rows)
-
-
 def to_result(
     values: Tensor, metric: str, shots: int, paper: Mapping[int, float] | None = None
 ) -> CurveResult:
+    """A [tasks, steps + 1] tensor of per-task values -> the curve's mean and CI."""
     mean, ci = mean_ci95(values)
     return CurveResult(
         metric=metric,
@@ -99,24 +114,16 @@ def to_result(
     )
 
 
-def format_table(results: Sequence[CurveResult]) -> str:
-    """A plain-text table: one row per test-time step, one column per shot count.
-
-    Accuracies are in percent with two decimals, losses with three.
-    """
+def format_table(results: Sequence[CurveResult], spec: MetricSpec) -> str:
+    """A plain-text table: one row per test-time step, one column per curve."""
     if not results:
         return "(no meta-test results)"
-    metric = results[0].metric
-    unit, digits = ("%", 2) if metric == "acc" else ("", 3)
-    if metric == "return":  # meta-RL: K is the number of episodes per adaptation step
-        head = ["step"] + [f"return, {r.shots} episodes/step (n={r.num_tasks} tasks)" for r in results]
-    else:
-        head = ["step"] + [f"{metric} K={r.shots} (n={r.num_tasks})" for r in results]
+    head = ["step"] + [spec.column.format(metric=r.metric, shots=r.shots, tasks=r.num_tasks) for r in results]
     rows = []
     for i, step in enumerate(results[0].steps):
         cells = [str(step)]
         for r in results:
-            cell = f"{r.mean[i]:.{digits}f} ± {r.ci95[i]:.{digits}f}{unit}"
+            cell = f"{r.mean[i]:.{spec.digits}f} ± {r.ci95[i]:.{spec.digits}f}{spec.unit}"
             if str(step) in r.paper:
                 cell += f"  (paper {r.paper[str(step)]:g})"
             cells.append(cell)
@@ -166,7 +173,41 @@ def wandb_metrics(results: Sequence[CurveResult], prefix: str = "eval") -> dict[
 
 
 def paper_numbers(cfg: DictConfig, shots: int) -> dict[int, float]:
-    """The paper's figure for this K, by step, when the preset records one (eval.paper)."""
+    """The paper's figure for this K (or episodes per step), by step, when the preset records one."""
     paper = cfg.eval.get("paper") or {}
     table = paper.get(shots) if isinstance(paper, DictConfig) else None
     return {int(k): float(v) for k, v in (OmegaConf.to_container(table) or {}).items()} if table else {}
+
+
+def report(
+    outcome: MetaTestOutcome,
+    out_dir: Path,
+    tracker: Tracker | None,
+    *,
+    source: Mapping[str, Any],
+    log_step: int,
+) -> None:
+    """Write the meta-test everywhere: log table, eval.json, figures, W&B metrics and summary.
+
+    `source` says where the numbers came from (checkpoint, iteration, domain, eval_seed) and goes
+    into eval.json; `log_step` is the W&B step (W&B drops steps lower than its last one).
+    """
+    out_dir = Path(out_dir)
+    spec, results = outcome.spec, outcome.results
+    log.info(
+        "meta-test %s, checkpoint %s (iteration %s)\n%s",
+        outcome.description,
+        source.get("checkpoint"),
+        source.get("iteration"),
+        format_table(results, spec),
+    )
+    write_eval_json(out_dir / EVAL_JSON, results, **source, unit=spec.unit or None)
+    curve = curve_figure(results, out_dir / CURVE_PNG, outcome.title, spec.axis_label)
+    figures = {"eval/curve": curve, **outcome.figures}
+    if tracker is not None:
+        metrics = wandb_metrics(results)
+        tracker.log(metrics, step=log_step)
+        tracker.summary(metrics)
+        for key, path in figures.items():
+            tracker.log_figure(key, path, step=log_step)
+    log.info("wrote %s and figures %s", out_dir / EVAL_JSON, ", ".join(p.name for p in figures.values()))

@@ -1,4 +1,4 @@
-"""Hydra task functions and the trainer table: the only place that knows about domain kinds.
+"""Hydra task functions and the recipe table: the only place that knows about domain kinds.
 
 `train(cfg)` is module-level and picklable so every Hydra launcher (basic, joblib, submitit) and
 sweeper (Optuna) can run it. User errors end the job with a one-line message and a non-zero exit
@@ -9,35 +9,37 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mamlrun.allocator import tune_allocator
-from mamlrun.errors import ConfigError, Interrupted, UserError
-from mamlrun.validation import KINDS, validate_run
+from mamlrun.config_checks import check_run
+from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.runtime.errors import Interrupted, UserError
+from mamlrun.runtime.malloc import tune_malloc
+from mamlrun.trainers import loop
+from mamlrun.trainers.recipe import Recipe
+from mamlrun.trainers.rl import RL_RECIPE
+from mamlrun.trainers.supervised import CLASSIFICATION_RECIPE, REGRESSION_RECIPE
 
 log = logging.getLogger("mamlrun")
 
-Trainer = Callable[[DictConfig, Path], float]
+RECIPES: dict[str, Recipe] = {
+    "regression": REGRESSION_RECIPE,
+    "classification": CLASSIFICATION_RECIPE,
+    "rl": RL_RECIPE,
+}
+"""`domain.kind` -> the recipe that trains and meta-tests it: the only dispatch on the kind."""
 
 
-def _supervised(cfg: DictConfig, run_dir: Path) -> float:
-    from mamlrun.trainers import supervised
-
-    return supervised.train(cfg, run_dir)
-
-
-def _rl(cfg: DictConfig, run_dir: Path) -> float:
-    from mamlrun.trainers import rl
-
-    return rl.train(cfg, run_dir)
-
-
-TRAINERS: dict[str, Trainer] = {"regression": _supervised, "classification": _supervised, "rl": _rl}
+def recipe_for(cfg: DictConfig) -> Recipe:
+    """Check the run-level and the kind's settings; the kind's recipe."""
+    check_run(cfg, tuple(RECIPES))
+    recipe = RECIPES[cfg.domain.kind]
+    recipe.check_config(cfg)
+    return recipe
 
 
 def report_and_exit(exc: UserError | Interrupted) -> None:
@@ -57,15 +59,12 @@ def report_and_exit(exc: UserError | Interrupted) -> None:
 
 def train(cfg: DictConfig) -> float:
     """Meta-train (and meta-test) one configuration; returns the best validation metric."""
-    tune_allocator()
+    tune_malloc()
     try:
-        validate_run(cfg)
-        kind = cfg.domain.kind
-        if kind not in TRAINERS:
-            raise ConfigError("domain.kind", kind, f"choose one of {', '.join(KINDS)}")
+        recipe = recipe_for(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         log.info("run directory: %s", run_dir)
-        return TRAINERS[kind](cfg, run_dir)
+        return loop.train(recipe, cfg, run_dir)
     except (UserError, Interrupted) as exc:
         report_and_exit(exc)
     except OmegaConfBaseException as exc:  # e.g. an interpolation that points nowhere
@@ -73,44 +72,37 @@ def train(cfg: DictConfig) -> float:
     raise AssertionError("unreachable")
 
 
+def train_in(cfg: DictConfig, run_dir: Path) -> float:
+    """Train a composed config in `run_dir` without Hydra's app (tests, notebooks); errors raise."""
+    return loop.train(recipe_for(cfg), cfg, Path(run_dir))
+
+
 def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
     """Re-run the meta-test protocol on a checkpoint (or a run dir), with optional overrides."""
-    from mamlrun import checkpoint as ckpt
-
-    tune_allocator()
+    tune_malloc()
     try:
         path = ckpt.find_checkpoint(Path(target))
         state = ckpt.load_checkpoint(path)
         cfg = OmegaConf.create(state["config"])
+        upgrade_config(cfg)
         OmegaConf.set_struct(cfg, True)
         apply_overrides(cfg, overrides)
-        validate_run(cfg)
+        recipe = recipe_for(cfg)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        from mamlrun.tracking import Tracker
-
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        tracker = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), None)
-        try:
-            if cfg.domain.kind == "rl":
-                from mamlrun.trainers.rl import build_rl_parts
-                from mamlrun.trainers.rl_eval import rl_meta_test
-
-                parts = build_rl_parts(cfg)
-                try:
-                    results = [rl_meta_test(cfg, parts, run_dir, tracker, checkpoint=path)]
-                finally:
-                    parts.sampler.close()
-            else:
-                from mamlrun.trainers.supervised import build_parts
-                from mamlrun.trainers.supervised_eval import supervised_meta_test
-
-                results = supervised_meta_test(cfg, build_parts(cfg), run_dir, tracker, checkpoint=path)
-        finally:
-            tracker.finish()
-        return results[0].final
+        return loop.evaluate(recipe, cfg, path, run_dir).headline
     except UserError as exc:
         report_and_exit(exc)
+    except OmegaConfBaseException as exc:  # e.g. a key the checkpoint's config lacks
+        report_and_exit(UserError(f"config: {str(exc).strip().splitlines()[0]}"))
     raise AssertionError("unreachable")
+
+
+def upgrade_config(cfg: DictConfig) -> None:
+    """Give the config of a checkpoint written by an older mamlrun the keys this one reads
+    (meta-RL runs before eval.episodes existed used domain.rollouts episodes per test step)."""
+    if cfg.domain.kind == "rl" and "episodes" not in cfg.eval:
+        cfg.eval.episodes = cfg.domain.rollouts
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:

@@ -17,7 +17,9 @@ compiled kernels are cached on disk for the next run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import json
 import os
 import statistics
@@ -32,15 +34,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamlrun.allocator import tune_allocator
-from mamlrun.compat import import_learn2learn
 from mamlrun.domains.fewshot import FewShotTasks, ImageSet
 from mamlrun.domains.sinusoid import SinusoidTasks
 from mamlrun.maml import ConstantAlpha, MetaObjective
 from mamlrun.models import MLP, Conv4
+from mamlrun.runtime.malloc import tune_malloc
 
 L2L = "learn2learn MAML (clone/adapt)"
 DATA = Path(os.environ.get("MAMLRUN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def import_learn2learn():
+    """The contender; imported quietly (its `gym` import prints a banner)."""
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        import learn2learn
+    return learn2learn
 
 
 # --------------------------------------------------------------------------- workloads
@@ -267,8 +275,9 @@ def rl_suite(device: torch.device) -> None:
     from mamlrun.domains.rl.nav2d import Nav2DFamily
     from mamlrun.domains.rl.sampler import EpisodeSampler
     from mamlrun.models import GaussianPolicy
-    from mamlrun.trainers import rl as rl_trainer
-    from mamlrun.trainers.trpo import TRPO, trpo_step
+    from mamlrun.trainers.rl.objective import make_objective, validation_data
+    from mamlrun.trainers.rl.parts import build as build_rl_parts
+    from mamlrun.trainers.rl.trpo import TRPO, trpo_step
 
     print(f"\nmeta-RL [{device.type}]")
     # 1. HalfCheetah: mamlrun's sampler (policy on the device, masks, task rewards) vs random actions
@@ -327,11 +336,11 @@ def rl_suite(device: torch.device) -> None:
             config_name="config", overrides=["experiment=nav2d_paper", "logger=none", f"device={device}"]
         )
     OmegaConf.resolve(cfg)
-    parts = rl_trainer.build_rl_parts(cfg)
+    parts = build_rl_parts(cfg)
     times: dict[str, list[float]] = {"sampling": [], "inner updates": [], "TRPO": []}
     params = [p for m in parts.modules() for p in m.parameters()]
     for _ in range(3):
-        goals = parts.family.sample_tasks(20, rng)
+        goals = parts.tasks.sample_tasks(20, rng)
         theta = {k: v.detach() for k, v in parts.params().items()}
         t0 = time.perf_counter()
         train_eps = parts.sampler.sample(goals, theta, False, rng, noise)
@@ -342,8 +351,8 @@ def rl_suite(device: torch.device) -> None:
         t2 = time.perf_counter()
         valid_eps = parts.sampler.sample(goals, adapted, True, rng, noise)
         t3 = time.perf_counter()
-        valid = rl_trainer.validation_data(parts, adapted, valid_eps)
-        trpo_step(params, rl_trainer.make_objective(parts, 1, False, data, valid), TRPO())
+        valid = validation_data(parts, adapted, valid_eps)
+        trpo_step(params, make_objective(parts, 1, False, data, valid), TRPO())
         sync(device)
         t4 = time.perf_counter()
         times["sampling"].append((t1 - t0) + (t3 - t2))
@@ -377,12 +386,12 @@ def main() -> None:
     if args.probe:
         peak_memory_probe(*args.probe, args.device)
         return
-    tune_allocator()
+    tune_malloc()
     device = torch.device(args.device)
     try:
         import_learn2learn()
     except ImportError as exc:
-        sys.exit(f"bench: {exc}")
+        sys.exit(f"bench: learn2learn is not installed ({exc}); run scripts/install_learn2learn.sh")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {gpu}, python {sys.version.split()[0]}"

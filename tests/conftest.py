@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -32,6 +35,19 @@ needs_omniglot = pytest.mark.skipif(
 )
 # Settings that let the full-Omniglot presets (1623 characters) run on the 242 minimal-set characters.
 MINIMAL_PAPER_SPLIT = ["domain.tasks.train_classes=150", "domain.tasks.val_classes=20"]
+
+
+def import_learn2learn() -> ModuleType:
+    """The reference implementation the meta-gradient and sampler tests compare against. Imported
+    quietly (it imports the unmaintained `gym`, which prints a banner); `make install` installs it."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            import learn2learn
+    except ImportError as exc:
+        raise ImportError(
+            f"learn2learn is not installed ({exc}); run scripts/install_learn2learn.sh"
+        ) from None
+    return learn2learn
 
 
 def compose_config(overrides: Sequence[str] = (), hydra_cfg: bool = False) -> DictConfig:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mamlrun.errors import ConfigError
 from mamlrun.maml import ConstantAlpha, HalvingAlpha, LearnedAlpha, MetaSGDAlpha, PerStepAlpha
+from mamlrun.runtime.errors import ConfigError
 
 SHAPES = {"net.0.weight": torch.Size([4, 1]), "net.0.bias": torch.Size([4])}
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mamlrun import checkpoint as ckpt
-from mamlrun.errors import CheckpointError
+from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.runtime.errors import CheckpointError
 from tests.conftest import run_cli, smoke_overrides
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mamlrun.trainers import supervised
+from mamlrun.run import train_in
 from tests.conftest import (
     MINIMAL_PAPER_SPLIT,
     compose_config,
@@ -62,7 +62,7 @@ def test_presets_hold_the_papers_settings():
 def test_omniglot_presets_smoke_run_on_the_real_minimal_sets(tmp_path, preset):
     split = [] if preset == "omniglot_minimal" else MINIMAL_PAPER_SPLIT
     cfg = compose_config([f"experiment={preset}", "debug=smoke", "meta_iterations=2", *split])
-    supervised.train(cfg, tmp_path)
+    train_in(cfg, tmp_path)
     result = meta_test_results(tmp_path)[0]
     assert result["metric"] == "acc" and len(result["steps"]) == cfg.eval.steps + 1
     assert 0.0 <= result["mean"][-1] <= 100.0
@@ -86,7 +86,7 @@ def test_miniimagenet_presets_smoke_run_on_generated_data(tmp_path, preset):
             "eval.val_tasks=2",
         ]
     )
-    supervised.train(cfg, tmp_path / "run")
+    train_in(cfg, tmp_path / "run")
     result = meta_test_results(tmp_path / "run")[0]
     assert result["num_tasks"] == 2 and len(result["steps"]) == cfg.eval.steps + 1
 
@@ -108,7 +108,7 @@ def test_minimal_omniglot_learns_far_above_chance_on_held_out_alphabets(tmp_path
             "eval.val_tasks=40",
         ]
     )
-    supervised.train(cfg, tmp_path)
+    train_in(cfg, tmp_path)
     result = meta_test_results(tmp_path)[0]
     before, after = result["mean"][0], result["mean"][-1]
     # Measured here: chance-level before adaptation (~20%), about 70% after 3 steps from 120 iterations.

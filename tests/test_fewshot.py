@@ -11,12 +11,11 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
-from mamlrun.compat import import_learn2learn
 from mamlrun.domains.fewshot import FewShotTasks, ImageSet
 from mamlrun.domains.fewshot.miniimagenet import MiniImageNetTasks
 from mamlrun.domains.fewshot.omniglot import OmniglotTasks
-from mamlrun.errors import ConfigError, UserError
-from tests.conftest import OMNIGLOT, needs_omniglot
+from mamlrun.runtime.errors import ConfigError, UserError
+from tests.conftest import OMNIGLOT, import_learn2learn, needs_omniglot
 from tests.data_factory import class_color, write_miniimagenet_csv, write_miniimagenet_pickles
 
 MINIMAL_ALPHABETS = dict(

@@ -6,15 +6,13 @@ differences in float64. Each covers first and second order and 1 and 3 inner ste
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mamlrun.maml import ConstantAlpha, LearnedAlpha, MetaObjective, MetaSGDAlpha, PerStepAlpha
+from tests.conftest import import_learn2learn
 
 TASKS, SHOTS, QUERY = 5, 7, 6
 
@@ -105,16 +103,11 @@ def test_matches_plain_autograd_loop(first_order, steps, schedule):
     assert_close(result.grads["alpha"], ref_alpha)
 
 
-def _learn2learn():
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        return pytest.importorskip("learn2learn")
-
-
 @pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("algorithm", ["MAML", "MetaSGD"])
 def test_matches_learn2learn(algorithm, first_order, steps):
-    l2l = _learn2learn()
+    l2l = import_learn2learn()
     model = make_model()
     support, query = make_data()
     if algorithm == "MAML":

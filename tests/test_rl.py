@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from mamlrun import checkpoint as ckpt
 from mamlrun.domains.rl.locomotion import LocomotionFamily, locomotion_reward
 from mamlrun.domains.rl.nav2d import Nav2DEnvs
 from mamlrun.domains.rl.sampler import EpisodeSampler, RolloutError
 from mamlrun.maml import ConstantAlpha
 from mamlrun.models.policy import GaussianPolicy
-from mamlrun.trainers import rl
-from mamlrun.trainers.baseline import advantages, discounted_returns, fit_linear_baseline
-from mamlrun.trainers.trpo import TRPO, conjugate_gradient, trpo_step
+from mamlrun.run import train_in
+from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.trainers.rl.baseline import advantages, discounted_returns, fit_linear_baseline
+from mamlrun.trainers.rl.objective import outer_terms, validation_data
+from mamlrun.trainers.rl.parts import build as build_rl_parts
+from mamlrun.trainers.rl.trpo import TRPO, conjugate_gradient, trpo_step
 from tests.conftest import compose_config, meta_test_results, run_cli, smoke_overrides
 from tests.test_configs import options
 from tests.toys import CountdownFamily
@@ -219,26 +221,26 @@ def small_nav2d_cfg(*extra: str):
 
 def fixed_batch(parts, n_tasks: int = 3):
     rng, noise = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    tasks = parts.family.sample_tasks(n_tasks, np.random.default_rng(5))
+    tasks = parts.tasks.sample_tasks(n_tasks, np.random.default_rng(5))
     theta = {k: v.detach() for k, v in parts.params().items()}
     train_eps = parts.sampler.sample(tasks, theta, False, rng, noise)
     train = parts.task_data(train_eps)
     adapted = parts.adapt_tasks({k: v.expand(n_tasks, *v.shape) for k, v in theta.items()}, train, 0)
-    valid = rl.validation_data(parts, adapted, parts.sampler.sample(tasks, adapted, True, rng, noise))
+    valid = validation_data(parts, adapted, parts.sampler.sample(tasks, adapted, True, rng, noise))
     return tasks, train, valid
 
 
 def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
-    parts = rl.build_rl_parts(small_nav2d_cfg())
+    parts = build_rl_parts(small_nav2d_cfg())
     _, train, valid = fixed_batch(parts)
-    objective = rl.make_objective(parts, 1, False, train, valid)
+    terms = outer_terms(parts, 1, False, train, valid)
     params = [p for m in parts.modules() for p in m.parameters()]
-    loss0, kl0 = objective(params)
+    loss0, kl0 = terms.values(params)
     assert float(kl0) == pytest.approx(0.0, abs=1e-7)  # re-adapting from the same episodes: ratio 1, KL 0
     settings = TRPO(max_kl=0.01)
-    info = trpo_step(params, objective, settings)
+    info = trpo_step(params, terms, settings)
     assert info.accepted and info.loss_after < info.loss_before
-    loss1, kl1 = objective(params)
+    loss1, kl1 = terms.values(params)
     assert float(loss1) == pytest.approx(info.loss_after, rel=1e-4) and float(loss1) < float(loss0)
     assert 0 < float(kl1) <= settings.max_kl
 
@@ -246,12 +248,11 @@ def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
 @pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
 def test_rl_meta_gradient_matches_a_plain_autograd_loop(first_order):
     """The surrogate's gradient through one REINFORCE step on fixed trajectories, vmapped vs a loop."""
-    parts = rl.build_rl_parts(small_nav2d_cfg())
+    parts = build_rl_parts(small_nav2d_cfg())
     parts.alpha = ConstantAlpha(0.1, {n: p.shape for n, p in parts.policy.named_parameters()}, 1)
     _, train, valid = fixed_batch(parts)
-    objective = rl.make_objective(parts, 1, first_order, train, valid)
     params = list(parts.policy.parameters())
-    ours = torch.autograd.grad(objective(params)[0], params)
+    _, ours = outer_terms(parts, 1, first_order, train, valid).gradient(params, term=0)
 
     names = [n for n, _ in parts.policy.named_parameters()]
     total = 0.0
@@ -269,6 +270,31 @@ def test_rl_meta_gradient_matches_a_plain_autograd_loop(first_order):
     theirs = torch.autograd.grad(total / train["obs"].shape[0], params)
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+def test_chunked_rl_outer_terms_equal_the_unchunked_ones(first_order):
+    """chunk_size bounds RL memory too: values, the surrogate's gradient and KL-Hessian products of
+    the meta-batch computed 1 and 2 tasks at a time equal the whole meta-batch's (learned alphas)."""
+    parts = build_rl_parts(small_nav2d_cfg("alpha=learned", "alpha.init=0.1"))
+    _, train, valid = fixed_batch(parts, n_tasks=3)
+    params = [p for m in parts.modules() for p in m.parameters()]
+    assert len(params) > len(list(parts.policy.parameters()))  # the alphas are meta-parameters too
+    v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(3))
+
+    def everything(chunk_size):
+        parts.cfg.chunk_size = chunk_size
+        terms = outer_terms(parts, 1, first_order, train, valid)
+        assert len(terms.chunks) == (3 if chunk_size == 1 else 2 if chunk_size == 2 else 1)
+        values, grad, hvp = terms.grad_and_hvp(params, grad_term=0, hvp_term=1)
+        _, grads = terms.gradient(params, term=0)
+        return values, grad, hvp(v), torch.cat([g.reshape(-1) for g in grads]), terms.values(params)
+
+    whole = everything(None)
+    assert float(whole[2].abs().sum()) > 0  # the KL's curvature is not zero
+    for chunk_size in (1, 2):
+        for a, b in zip(everything(chunk_size), whole, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -315,7 +341,7 @@ def test_smoke_presets_run_two_iterations_on_real_environments(tmp_path, preset)
             "checkpoint.every=2",
         ]
     )
-    rl.train(cfg, tmp_path)
+    train_in(cfg, tmp_path)
     result = meta_test_results(tmp_path)[0]
     assert result["metric"] == "return" and len(result["steps"]) == 4
     assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 2
@@ -338,12 +364,12 @@ def test_debug_smoke_shrinks_rl_paper_presets():
 def test_resumed_rl_run_is_bit_identical(tmp_path):
     common = ["meta_iterations=4", "eval.every=2", "checkpoint.every=2", "eval.tasks=2"]
     straight, resumed = tmp_path / "a", tmp_path / "b"
-    rl.train(small_nav2d_cfg(*common), straight)
-    rl.train(
+    train_in(small_nav2d_cfg(*common), straight)
+    train_in(
         small_nav2d_cfg(*[c for c in common if not c.startswith("meta_iterations")], "meta_iterations=2"),
         resumed,
     )
-    rl.train(small_nav2d_cfg(*common), resumed)
+    train_in(small_nav2d_cfg(*common), resumed)
     a = ckpt.load_checkpoint(straight / "checkpoints" / "last.pt")
     b = ckpt.load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert a["iteration"] == b["iteration"] == 4
@@ -367,12 +393,12 @@ def test_environment_failure_saves_a_checkpoint_and_names_the_error(tmp_path):
         "~domain.tasks.action_scale",
     )
     cfg.domain.tasks.fail_at = None
-    rl.train(cfg, tmp_path / "ok")  # the toy family runs
+    train_in(cfg, tmp_path / "ok")  # the toy family runs
     cfg.domain.tasks.fail_at = 3
     with pytest.raises(
         RolloutError, match="environment countdown raised during a rollout: RuntimeError: simulator exploded"
     ):
-        rl.train(cfg, tmp_path / "fails")
+        train_in(cfg, tmp_path / "fails")
     assert ckpt.load_checkpoint(tmp_path / "fails" / "checkpoints" / "last.pt")["iteration"] == 0
 
 
@@ -419,7 +445,7 @@ def test_nav2d_learns_to_adapt(tmp_path):
             "log_every=1",
         ]
     )
-    rl.train(cfg, tmp_path)
+    train_in(cfg, tmp_path)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     at_init = next(m for m in metrics if "train/return_pre" in m)["train/return_pre"]
     result = meta_test_results(tmp_path)[0]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mamlrun.domains.sinusoid import SinusoidTasks
-from mamlrun.errors import ConfigError
-from mamlrun.trainers import supervised
+from mamlrun.run import train_in
+from mamlrun.runtime.errors import ConfigError
 from tests.conftest import meta_test_results
 
 
@@ -58,7 +58,7 @@ def test_short_run_adapts_far_better_than_before_adaptation(tmp_path, smoke_cfg)
         "eval.val_tasks=50",
         "checkpoint.every=500",
     )
-    supervised.train(cfg, tmp_path)
+    train_in(cfg, tmp_path)
     result = meta_test_results(tmp_path)[0]
     before, after = result["mean"][0], result["mean"][10]
     assert result["num_tasks"] == 200 and result["shots"] == 10

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from mamlrun import checkpoint as ckpt
-from mamlrun.trainers import supervised
+from mamlrun.run import train_in
+from mamlrun.runtime import checkpoint as ckpt
 from tests.conftest import run_cli, smoke_overrides
 
 N = 6
@@ -39,10 +39,10 @@ def flat_state(path):
 
 def test_resumed_run_is_bit_identical_to_a_straight_run(tmp_path, smoke_cfg):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    supervised.train(smoke_cfg(*COMMON, f"meta_iterations={2 * N}"), straight)
-    supervised.train(smoke_cfg(*COMMON, f"meta_iterations={N}"), resumed)
+    train_in(smoke_cfg(*COMMON, f"meta_iterations={2 * N}"), straight)
+    train_in(smoke_cfg(*COMMON, f"meta_iterations={N}"), resumed)
     assert flat_state(resumed / "checkpoints" / "last.pt")[0] == N
-    supervised.train(smoke_cfg(*COMMON, f"meta_iterations={2 * N}"), resumed)  # continues from last.pt
+    train_in(smoke_cfg(*COMMON, f"meta_iterations={2 * N}"), resumed)  # continues from last.pt
 
     it_a, a = flat_state(straight / "checkpoints" / "last.pt")
     it_b, b = flat_state(resumed / "checkpoints" / "last.pt")

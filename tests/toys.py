@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 
@@ -40,6 +38,7 @@ class CountdownFamily:
     name = "countdown"
     obs_dim = 2
     act_dim = 1
+    episode_figure = None
 
     def __init__(self, horizon: int = 6, length: int = 3, fail_at: int | None = None) -> None:
         self.horizon, self.length, self.fail_at = horizon, length, fail_at
@@ -49,6 +48,3 @@ class CountdownFamily:
 
     def make_env(self, num_envs: int) -> GymVectorEnv:
         return GymVectorEnv(lambda: CountdownEnv(self.length, self.fail_at), num_envs)
-
-    def describe_task(self, task: Any) -> str:
-        return f"task {task:.2f}"

@@ -1,8 +1,12 @@
-"""What every supervised task distribution hands the trainer."""
+"""What every supervised task distribution hands the trainer: a `TaskBatch`, through the
+`TaskDistribution` protocol. Optional capabilities are attributes the protocol names (None when a
+distribution lacks them), so the trainer asks the interface, never `hasattr`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -26,8 +30,24 @@ class TaskBatch:
         return int(self.support[0].shape[0])
 
 
+Predict = Callable[[tuple[Tensor, Tensor], int, Tensor], Tensor]
+"""`predict(support, steps, x) -> y`: the model adapted `steps` steps on one task's support, at x."""
+
+AdaptationFigure = Callable[[Mapping[int, TaskBatch], Predict, int, Path], Path]
+"""`figure(test_sets by K, predict, test steps, path) -> path`: a domain's picture of adaptation."""
+
+
 class TaskDistribution(Protocol):
-    """The interface the supervised trainer relies on."""
+    """The interface the supervised trainer relies on.
+
+    Attributes:
+        splits: split name -> class ids, or None when train/val/test tasks are independent draws of
+            one distribution (then validation always has tasks).
+        adaptation_figure: draws the domain's picture of adaptation at meta-test, or None.
+    """
+
+    splits: Mapping[str, Sequence[int]] | None
+    adaptation_figure: AdaptationFigure | None
 
     def sample(
         self,
@@ -39,4 +59,8 @@ class TaskDistribution(Protocol):
         split: str = "train",
     ) -> TaskBatch:
         """Draw `num_tasks` tasks with `shots` support and `query` query examples each."""
+        ...
+
+    def check(self, shots: int, query: int, split: str, keys: tuple[str, str] = ...) -> None:
+        """Raise a ConfigError naming `keys` if such tasks cannot be drawn from `split`."""
         ...

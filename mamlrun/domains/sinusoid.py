@@ -8,13 +8,15 @@ meta-test tasks are independent draws, separated by their random generators.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from mamlrun.domains.base import TaskBatch
-from mamlrun.errors import ConfigError
+from mamlrun.domains.base import Predict, TaskBatch
+from mamlrun.plots import new_figure, save_figure
+from mamlrun.runtime.errors import ConfigError
 
 
 def _range(key: str, value: Sequence[float]) -> tuple[float, float]:
@@ -35,6 +37,8 @@ class SinusoidTasks:
         phase: [low, high] of the uniform phase distribution (radians).
         x_range: [low, high] of the uniform input distribution.
     """
+
+    splits = None  # one distribution: validation and meta-test tasks are independent draws
 
     def __init__(
         self,
@@ -72,3 +76,36 @@ class SinusoidTasks:
         x = self._uniform((num_tasks, shots + query, 1), self.x_range, generator, device)
         y = self.curve(info, x)
         return TaskBatch(support=(x[:, :shots], y[:, :shots]), query=(x[:, shots:], y[:, shots:]), info=info)
+
+    def check(self, shots: int, query: int, split: str, keys: tuple[str, str] = ("", "")) -> None:
+        """Any number of points can be drawn from any task: nothing to check."""
+
+    def adaptation_figure(
+        self, test_sets: Mapping[int, TaskBatch], predict: Predict, steps: int, path: Path
+    ) -> Path:
+        """The paper's Figure 2: the first test task of each K (up to 3), its K points, the true
+        curve and the model's predictions before adaptation, after 1 step and after `steps`."""
+        x = torch.linspace(self.x_range[0], self.x_range[1], 200)
+        labels = {0: "pre-update", 1: "1 grad step", steps: f"{steps} grad steps"}
+        shots_list = list(test_sets)[:3]
+        fig, axes = new_figure(len(shots_list), 4.2, 3.6)
+        for ax, shots in zip(axes, shots_list, strict=True):
+            batch = test_sets[shots]
+            grid = x.to(batch.support[0].device)[:, None]
+            info = {k: v[:1] for k, v in batch.info.items()}
+            support = (batch.support[0][0], batch.support[1][0])
+            ax.plot(x, self.curve(info, grid[None])[0, :, 0].cpu(), color="red", lw=2, label="ground truth")
+            for (k, label), style in zip(labels.items(), ["--", "-", "-"], strict=False):
+                ax.plot(x, predict(support, k, grid)[:, 0].cpu(), style, lw=1.5, label=label)
+            ax.scatter(
+                support[0][:, 0].cpu(),
+                support[1][:, 0].cpu(),
+                marker="^",
+                color="purple",
+                zorder=5,
+                label="K points",
+            )
+            ax.set_title(f"sinusoid, K={shots}")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        return save_figure(fig, path)

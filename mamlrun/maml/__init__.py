@@ -10,6 +10,7 @@ from mamlrun.maml.alpha import (
     PerStepAlpha,
 )
 from mamlrun.maml.objective import MetaGradient, MetaObjective
+from mamlrun.maml.terms import MetaTerms, QueryLoss
 
 __all__ = [
     "AlphaSchedule",
@@ -19,8 +20,10 @@ __all__ = [
     "MetaGradient",
     "MetaObjective",
     "MetaSGDAlpha",
+    "MetaTerms",
     "Params",
     "PerStepAlpha",
+    "QueryLoss",
     "TaskLoss",
     "adapt",
     "adaptation_curve",

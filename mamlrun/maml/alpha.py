@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from mamlrun.errors import ConfigError
+from mamlrun.runtime.errors import ConfigError
 
 Rates = dict[str, Tensor | float]
 
@@ -38,6 +38,16 @@ class AlphaSchedule(nn.Module):
         param_shapes: name -> shape of every model parameter that is adapted.
         num_steps: inner steps at meta-training time (learned schedules hold one alpha per step;
             later test-time steps reuse the last one).
+
+    Example:
+        >>> import torch
+        >>> shapes = {"weight": torch.Size([2, 3]), "bias": torch.Size([2])}
+        >>> PerStepAlpha([0.1, 0.05], shapes, num_steps=2).rates({}, step=5)["weight"]
+        0.05
+        >>> learned = LearnedAlpha(0.1, shapes, num_steps=2)
+        >>> rates = learned.rates(dict(learned.named_parameters()), step=1)
+        >>> rates["bias"].requires_grad  # a meta-parameter: the outer step trains it
+        True
     """
 
     learnable = False

@@ -58,6 +58,23 @@ class MetaObjective:
         chunk_size: tasks per vmapped chunk (None: the whole meta-batch at once).
         compile: fuse the chunk computation with `torch.compile`; falls back to eager mode with a
             warning if compilation fails.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mamlrun.maml import ConstantAlpha, MetaObjective
+        >>> model = nn.Linear(1, 1)
+        >>> def task_loss(params, data):
+        ...     x, y = data
+        ...     return ((torch.func.functional_call(model, params, (x,)) - y) ** 2).mean()
+        >>> alpha = ConstantAlpha(0.01, {n: p.shape for n, p in model.named_parameters()}, num_steps=1)
+        >>> objective = MetaObjective(task_loss, alpha, steps=1, first_order=False, chunk_size=2)
+        >>> support = (torch.randn(4, 5, 1), torch.randn(4, 5, 1))  # 4 tasks of 5 points
+        >>> query = (torch.randn(4, 5, 1), torch.randn(4, 5, 1))
+        >>> meta = {"model": dict(model.named_parameters()), "alpha": dict(alpha.named_parameters())}
+        >>> result = objective(meta, support, query)  # two chunks of two tasks, summed
+        >>> result.grads["model"]["weight"].shape, result.loss.shape
+        (torch.Size([1, 1]), torch.Size([]))
     """
 
     def __init__(

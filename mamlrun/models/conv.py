@@ -15,13 +15,12 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mamlrun.errors import ConfigError
+from mamlrun.runtime.errors import ConfigError, require_int
 
 
 def _positive(key: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, value, "must be an integer >= 1")
-    return value
+    """A layer size: an integer >= 1."""
+    return require_int(key, value, 1, "a layer size")
 
 
 class Conv4(nn.Module):

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mamlrun.errors import ConfigError
 from mamlrun.models.mlp import ACTIVATIONS
+from mamlrun.runtime.errors import ConfigError
 
 
 class GaussianPolicy(nn.Module):

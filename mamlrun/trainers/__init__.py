@@ -1,1 +1,2 @@
-"""Trainers, chosen by `cfg.domain.kind` through an explicit table (see `mamlrun.run`)."""
+"""Training: the one loop (`loop.py`) and a recipe per kind (`supervised/`, `rl/`), chosen by
+`cfg.domain.kind` through the table in `mamlrun.run`."""

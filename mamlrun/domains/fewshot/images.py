@@ -78,7 +78,7 @@ def cached(cache_dir: Path | str | None, name: str, key: str, build: Callable[[]
 
 def decode_image(data: bytes | Path, size: int, mode: str, where: str) -> np.ndarray:
     """Decode one image to a uint8 array [C, size, size] (Lanczos resize), naming the file on failure."""
-    from mamlrun.errors import UserError
+    from mamlrun.runtime.errors import UserError
 
     try:
         with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:

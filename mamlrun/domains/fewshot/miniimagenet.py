@@ -12,7 +12,9 @@ Two on-disk formats are read, whichever `root` holds:
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import logging
 import pickle
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 
 from mamlrun.domains.fewshot.images import ImageSet, cached, decode_image, fingerprint
 from mamlrun.domains.fewshot.sampler import FewShotTasks
-from mamlrun.errors import ConfigError, UserError
+from mamlrun.runtime.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +142,15 @@ def from_csv(root: Path, size: int) -> tuple[ImageSet, dict[str, list[int]]]:
 
 
 def download_miniimagenet(root: Path) -> None:
-    """Fetch learn2learn's three cache pickles into `root` (needs internet)."""
-    from mamlrun.compat import import_learn2learn
-
-    l2l = import_learn2learn()
+    """Fetch learn2learn's three cache pickles into `root` (needs internet and learn2learn, imported
+    quietly here: it imports the unmaintained `gym`, which prints a banner)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            import learn2learn as l2l
+    except ImportError as exc:
+        raise UserError(
+            f"domain.tasks.download=true needs learn2learn ({exc}); run scripts/install_learn2learn.sh"
+        ) from None
     for mode in ("train", "validation", "test"):
         l2l.vision.datasets.MiniImagenet(str(root), mode=mode, download=True)
 

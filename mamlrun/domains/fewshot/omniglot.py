@@ -28,7 +28,7 @@ import torch
 
 from mamlrun.domains.fewshot.images import ImageSet, cached, decode_image, fingerprint
 from mamlrun.domains.fewshot.sampler import FewShotTasks
-from mamlrun.errors import ConfigError, UserError
+from mamlrun.runtime.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 

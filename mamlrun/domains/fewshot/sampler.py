@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mamlrun.domains.base import TaskBatch
 from mamlrun.domains.fewshot.images import ImageSet
-from mamlrun.errors import ConfigError
+from mamlrun.runtime.errors import ConfigError, require_int
 
 SPLITS = ("train", "val", "test")
 
@@ -32,9 +32,10 @@ class FewShotTasks:
         name: the dataset's name, for messages.
     """
 
+    adaptation_figure = None  # the meta-test's accuracy curve says it all
+
     def __init__(self, data: ImageSet, splits: Mapping[str, Sequence[int]], ways: int, name: str) -> None:
-        if isinstance(ways, bool) or not isinstance(ways, int) or ways < 1:
-            raise ConfigError("domain.ways", ways, "N (classes per task) must be an integer >= 1")
+        require_int("domain.ways", ways, 1, "N (classes per task)")
         self.data, self.ways, self.name = data, ways, name
         self.splits = {split: list(ids) for split, ids in splits.items()}
         self.tables: dict[str, tuple[Tensor, Tensor]] = {

@@ -9,10 +9,11 @@ environment state, only the RNGs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from torch import Tensor
 
 
@@ -31,18 +32,23 @@ class VectorEnv(Protocol):
     def close(self) -> None: ...
 
 
+EpisodeFigure = Callable[[Mapping[str, Any], Sequence[Any], Path], Path]
+"""`figure(episodes by label, tasks, path) -> path`: a family's picture of its episodes."""
+
+
 class TaskFamily(Protocol):
+    """The interface the RL trainer and the sampler rely on.
+
+    Attributes:
+        episode_figure: draws episodes before and after adaptation at meta-test, or None.
+    """
+
     name: str
     obs_dim: int
     act_dim: int
     horizon: int
+    episode_figure: EpisodeFigure | None
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]: ...
 
     def make_env(self, num_envs: int) -> VectorEnv: ...
-
-    def describe_task(self, task: Any) -> str: ...
-
-
-def as_tensor(x: Any) -> Tensor:
-    return torch.as_tensor(np.asarray(x), dtype=torch.float32)

@@ -26,10 +26,10 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from torch import Tensor
 
-from mamlrun.errors import ConfigError, UserError
+from mamlrun.runtime.errors import ConfigError, UserError, require_int
 
 TASK_ATTR = "mamlrun_task"
-KINDS = ("velocity", "direction")
+OBJECTIVES = ("velocity", "direction")
 
 
 def locomotion_reward(
@@ -129,6 +129,8 @@ class LocomotionFamily:
         vectorization: sync (one process; faster on few cores) | async (a process per env).
     """
 
+    episode_figure = None  # paths in 17 or 27 dimensions: the return curve says more
+
     def __init__(
         self,
         env_id: str,
@@ -137,12 +139,11 @@ class LocomotionFamily:
         horizon: int = 200,
         vectorization: str = "sync",
     ) -> None:
-        if task not in KINDS:
-            raise ConfigError("domain.tasks.task", task, f"choose {' or '.join(KINDS)}")
+        if task not in OBJECTIVES:
+            raise ConfigError("domain.tasks.task", task, f"choose {' or '.join(OBJECTIVES)}")
         if vectorization not in ("sync", "async"):
             raise ConfigError("domain.tasks.vectorization", vectorization, "choose sync or async")
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-            raise ConfigError("domain.horizon", horizon, "the episode horizon must be an integer >= 1")
+        require_int("domain.horizon", horizon, 1, "the episode horizon")
         low, high = (float(v) for v in velocity_range)
         if not low <= high:
             raise ConfigError("domain.tasks.velocity_range", list(velocity_range), "need low <= high")
@@ -188,6 +189,3 @@ class LocomotionFamily:
 
     def make_env(self, num_envs: int) -> GymVectorEnv:
         return GymVectorEnv(self.make_one, num_envs, self.vectorization, self.task_reward)
-
-    def describe_task(self, task: Any) -> str:
-        return f"goal velocity {task:.2f}" if self.kind == "velocity" else f"direction {task:+.0f}"

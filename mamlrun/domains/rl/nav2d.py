@@ -15,14 +15,16 @@ All environments are stepped at once as tensors: no MuJoCo, no Python loop over 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mamlrun.errors import ConfigError
+from mamlrun.plots import new_figure, save_figure
+from mamlrun.runtime.errors import ConfigError, require_int
 
 
 class Nav2DEnvs:
@@ -71,7 +73,6 @@ class Nav2DFamily:
     name = "nav2d"
     obs_dim = 2
     act_dim = 2
-    plots_trajectories = True  # the observation is the position: the meta-test draws the paths
 
     def __init__(
         self,
@@ -87,8 +88,7 @@ class Nav2DFamily:
         for key, value in (("max_action", max_action), ("action_scale", action_scale)):
             if not value > 0:
                 raise ConfigError(f"domain.tasks.{key}", value, "must be > 0")
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-            raise ConfigError("domain.horizon", horizon, "the episode horizon must be an integer >= 1")
+        require_int("domain.horizon", horizon, 1, "the episode horizon")
         self.goal_range, self.max_action, self.goal_radius = (low, high), max_action, goal_radius
         self.horizon, self.action_scale = horizon, action_scale
 
@@ -98,5 +98,29 @@ class Nav2DFamily:
     def make_env(self, num_envs: int) -> Nav2DEnvs:
         return Nav2DEnvs(num_envs, self.max_action, self.goal_radius, self.horizon, self.action_scale)
 
-    def describe_task(self, task: Any) -> str:
-        return f"goal ({task[0]:+.2f}, {task[1]:+.2f})"
+    def episode_figure(self, episodes_by_label: Mapping[str, Any], goals: Sequence[Any], path: Path) -> Path:
+        """The first paths of each labelled batch of episodes on the first 4 tasks, with the goal.
+
+        `episodes_by_label` maps a label to Episodes; nav2d's observations are (x, y) positions.
+        """
+        tasks, paths_per_task = min(4, len(goals)), 5
+        fig, axes = new_figure(tasks, 3.6, 3.6)
+        colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+        low, high = self.goal_range[0] - 0.1, self.goal_range[1] + 0.1
+        for t, ax in enumerate(axes):
+            for (label, episodes), colour in zip(episodes_by_label.items(), colours, strict=False):
+                obs, mask = episodes.obs[t].cpu(), episodes.mask[t].cpu()
+                for r in range(min(paths_per_task, obs.shape[1])):
+                    xy = obs[: int(mask[:, r].sum()), r]
+                    ax.plot(
+                        xy[:, 0], xy[:, 1], color=colour, lw=1, alpha=0.8, label=label if r == 0 else None
+                    )
+            ax.scatter([0], [0], marker="o", color="black", s=20, label="start")
+            ax.scatter([goals[t][0]], [goals[t][1]], marker="*", color="red", s=150, zorder=5, label="goal")
+            ax.set_xlim(low, high)
+            ax.set_ylim(low, high)
+            ax.set_aspect("equal")
+            ax.grid(alpha=0.3)
+            ax.set_title(f"task {t}")
+        axes[0].legend(fontsize=7, loc="lower left")
+        return save_figure(fig, path)

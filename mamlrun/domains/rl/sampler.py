@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from mamlrun.domains.rl.base import TaskFamily
-from mamlrun.errors import UserError
 from mamlrun.models.policy import gaussian_log_prob
+from mamlrun.runtime.errors import StepFailed
 
 
-class RolloutError(UserError):
-    """An environment raised during a rollout; the trainer saves a checkpoint, then stops."""
+class RolloutError(StepFailed):
+    """An environment raised during a rollout; the loop saves the iteration's starting state, then stops."""
 
 
 @dataclass
@@ -77,8 +77,10 @@ class EpisodeSampler:
         batched: bool,
         rng: np.random.Generator,
         noise: torch.Generator,
+        rollouts: int | None = None,
     ) -> Episodes:
-        n_tasks, r, horizon = len(tasks), self.rollouts, self.family.horizon
+        """`rollouts` (default: the sampler's) episodes per task; `batched`: one parameter set per task."""
+        n_tasks, r, horizon = len(tasks), rollouts or self.rollouts, self.family.horizon
         env = self._env(n_tasks * r)
         env.set_tasks([task for task in tasks for _ in range(r)])
         obs = env.reset([int(s) for s in rng.integers(0, 2**31 - 1, size=n_tasks * r)])

@@ -1,7 +1,8 @@
 """Trust-region policy optimisation of the meta-parameters (the paper's outer loop for RL).
 
 Given a surrogate loss L(theta) and the mean KL(theta) between the adapted policies that sampled the
-validation episodes and those re-adapted from theta (both functions re-run the inner update), one
+validation episodes and those re-adapted from theta (`maml.MetaTerms`, which re-runs the inner
+update, in chunks of tasks), one
 step solves H s = g by conjugate gradient with Hessian-vector products of the KL (plus damping),
 scales s to the KL bound, and backtracks until the surrogate improves and the KL is within bound;
 if no candidate passes, theta stays. `conjugate_gradient` is also used on its own in the tests.
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mamlrun.errors import ConfigError
+from mamlrun.maml.terms import MetaTerms
+from mamlrun.runtime.errors import ConfigError, require_int
 
 
 @dataclass
@@ -36,8 +38,7 @@ class TRPO:
             raise ConfigError("optimizer.cg_damping", self.cg_damping, "must be >= 0")
         for key in ("cg_iters", "ls_max_steps"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"optimizer.{key}", value, "must be an integer >= 1")
+            require_int(f"optimizer.{key}", value, 1, key)
         if not 0 < self.ls_backtrack_ratio < 1:
             raise ConfigError("optimizer.ls_backtrack_ratio", self.ls_backtrack_ratio, "must be in (0, 1)")
 
@@ -74,35 +75,25 @@ class StepInfo:
     accepted: bool
 
 
-def natural_gradient(params: list[Tensor], loss: Tensor, kl: Tensor, settings: TRPO) -> tuple[Tensor, Tensor]:
-    """s = (H + damping I)^-1 g by conjugate gradient, H the Hessian of the KL; returns s and s^T H s / 2."""
-    grads = torch.autograd.grad(loss, params, retain_graph=True)
-    g = torch.cat([x.reshape(-1) for x in grads]).detach()
-    kl_grads = torch.autograd.grad(kl, params, create_graph=True)
-    flat_kl_grad = torch.cat([x.reshape(-1) for x in kl_grads])
+def natural_gradient(params: list[Tensor], terms: MetaTerms, settings: TRPO) -> tuple[float, Tensor, Tensor]:
+    """The surrogate before the step, s = (H + damping I)^-1 g by conjugate gradient (H the Hessian
+    of the KL) and s^T (H + damping I) s / 2. The graph is freed when this returns."""
+    values, g, kl_hvp = terms.grad_and_hvp(params, grad_term=0, hvp_term=1)
 
     def fisher_vector(v: Tensor) -> Tensor:
-        hv = torch.autograd.grad(flat_kl_grad.dot(v), params, retain_graph=True)
-        return torch.cat([x.reshape(-1) for x in hv]).detach() + settings.cg_damping * v
+        return kl_hvp(v) + settings.cg_damping * v
 
     direction = conjugate_gradient(fisher_vector, g, settings.cg_iters)
-    return direction, 0.5 * direction.dot(fisher_vector(direction))
+    return float(values[0]), direction, 0.5 * direction.dot(fisher_vector(direction))
 
 
-def trpo_step(
-    params: list[Tensor],
-    objective: Callable[[list[Tensor]], tuple[Tensor, Tensor]],
-    settings: TRPO,
-) -> StepInfo:
-    """One TRPO update of `params` (in place) for `objective(params) -> (surrogate loss, mean KL)`.
+def trpo_step(params: list[Tensor], terms: MetaTerms, settings: TRPO) -> StepInfo:
+    """One TRPO update of `params` (in place); `terms` gives [surrogate loss, mean KL] of `params`.
 
-    `params` must be leaf tensors that require grad; `objective` must be differentiable twice in
-    them (the inner adaptation is re-run inside it, with a graph).
+    `params` must be leaf tensors that require grad; the terms re-run the inner adaptation from
+    them, with a graph, so they can be differentiated twice.
     """
-    loss, kl = objective(params)
-    loss_before = float(loss.detach())
-    direction, shs = natural_gradient(params, loss, kl, settings)
-    del loss, kl  # free the graph before the line search
+    loss_before, direction, shs = natural_gradient(params, terms, settings)
     if not (shs > 0 and torch.isfinite(shs)):
         return StepInfo(loss_before, loss_before, 0.0, -1, False)
     full_step = direction * math.sqrt(settings.max_kl / float(shs))
@@ -119,10 +110,9 @@ def trpo_step(
     scale = 1.0
     for backtrack in range(settings.ls_max_steps):
         set_params(scale)
-        with torch.no_grad():
-            new_loss, new_kl = objective(params)
-        if float(new_loss) < loss_before and float(new_kl) < settings.max_kl:
-            return StepInfo(loss_before, float(new_loss), float(new_kl), backtrack, True)
+        new_loss, new_kl = (float(v) for v in terms.values(params))
+        if new_loss < loss_before and new_kl < settings.max_kl:
+            return StepInfo(loss_before, new_loss, new_kl, backtrack, True)
         scale *= settings.ls_backtrack_ratio
     set_params(0.0)
     return StepInfo(loss_before, loss_before, 0.0, -1, False)

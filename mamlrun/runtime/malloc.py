@@ -17,7 +17,7 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 _done = False
 
 
-def tune_allocator() -> bool:
+def tune_malloc() -> bool:
     """Apply the settings once per process; returns whether they were applied."""
     global _done
     if _done or not sys.platform.startswith("linux"):

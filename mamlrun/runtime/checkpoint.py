@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mamlrun.errors import CheckpointError
+from mamlrun.runtime.errors import CheckpointError
 
 FORMAT = "mamlrun-checkpoint"
 VERSION = 1
@@ -89,12 +89,12 @@ def chosen_checkpoint(run_dir: Path, use: str) -> Path:
     return folder / LAST
 
 
-def find_checkpoint(path: Path, prefer: str = BEST) -> Path:
+def find_checkpoint(path: Path) -> Path:
     """A checkpoint file from a run directory (best.pt, else last.pt) or a file path as given."""
     path = Path(path)
     if path.is_dir():
         folder = checkpoint_dir(path) if checkpoint_dir(path).is_dir() else path
-        for name in (prefer, LAST, BEST):
+        for name in (BEST, LAST):
             if (folder / name).is_file():
                 return folder / name
         raise CheckpointError(f"no checkpoint in {path}: expected {folder / BEST} or {folder / LAST}")

@@ -31,9 +31,27 @@ class TrainingDiverged(UserError):
     exit_code = 3
 
 
+class StepFailed(UserError):
+    """A meta-iteration failed before it changed any parameter (e.g. an environment raised); the
+    loop saves the state from the start of that iteration, so a resumed run repeats it exactly."""
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def require_int(key: str, value: object, low: int, meaning: str, *, optional: bool = False) -> int | None:
+    """`value` as an int >= `low` (None passes when `optional`), else a ConfigError naming `key`.
+
+    The one integer check of the code base: booleans are refused although Python counts them as ints.
+    """
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        suffix = " (or null)" if optional else ""
+        raise ConfigError(key, value, f"{meaning} must be an integer >= {low}{suffix}")
+    return value

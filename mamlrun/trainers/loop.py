@@ -1,0 +1,228 @@
+"""The one training loop: everything a run does that is not the algorithm. It knows no domain.
+
+    build parts -> resume from last.pt -> for each meta-iteration:
+        recipe.step (the algorithm) -> divergence check -> metric records and progress
+        -> validation and best.pt -> last.pt on its cadence, at the end and on SIGINT/SIGTERM
+    -> meta-test of the chosen checkpoint -> evaluation.report
+
+The tracker (metrics.jsonl and W&B) is finished on every way out, also on error, and a kind's
+parts are closed (environments) the same way. `evaluate` runs the meta-test alone on a checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, format_table, report
+from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.runtime.errors import Interrupted, StepFailed, TrainingDiverged
+from mamlrun.runtime.progress import progress_bar
+from mamlrun.runtime.signals import GracefulStop
+from mamlrun.runtime.tracking import Tracker
+from mamlrun.trainers.recipe import Metrics, Parts, Recipe
+
+log = logging.getLogger(__name__)
+
+
+def train(recipe: Recipe, cfg: DictConfig, run_dir: Path) -> float:
+    """Meta-train, then meta-test; returns what sweeps optimise: the best validation metric, or the
+    meta-test's headline number when validation is off."""
+    run_dir = Path(run_dir)
+    parts = recipe.build(cfg)
+    tracker: Tracker | None = None
+    exit_code = 1
+    try:
+        start, best = resume(parts, cfg, run_dir)
+        tracker = Tracker.for_run(cfg, run_dir, start)
+        log.info(
+            "%s (%s) | %s | %d iterations | device %s",
+            cfg.domain.name,
+            cfg.domain.kind,
+            parts.describe(),
+            int(cfg.meta_iterations),
+            parts.device.type,
+        )
+        best = run_iterations(recipe, parts, cfg, run_dir, tracker, start, best)
+        outcome = meta_test(
+            recipe, parts, cfg, run_dir, tracker, log_step=max(start, int(cfg.meta_iterations))
+        )
+        tracker.summary({"best/val_metric": best["metric"], "best/iteration": best["iteration"]})
+        exit_code = 0
+    finally:
+        parts.close()
+        printed_by_wandb = tracker is not None and tracker.wandb_run is not None
+        if tracker is not None:
+            tracker.finish(exit_code)
+    if printed_by_wandb:  # W&B's run summary scrolled the table away: the table gets the last word
+        table = format_table(outcome.results, outcome.spec)
+        log.info("meta-test summary (also in %s)\n%s", run_dir / EVAL_JSON, table)
+    return float(best["metric"]) if best["iteration"] >= 0 else outcome.headline
+
+
+def resume(parts: Parts, cfg: DictConfig, run_dir: Path) -> tuple[int, dict[str, float]]:
+    """Continue from checkpoints/last.pt when there is one (and checkpoint.resume): (start, best)."""
+    last = ckpt.checkpoint_dir(run_dir) / ckpt.LAST
+    if not (cfg.checkpoint.resume and last.is_file()):
+        return 0, {"metric": float("nan"), "iteration": -1}
+    state = ckpt.load_checkpoint(last, map_location=parts.device)
+    parts.load_state_dict(state, last)
+    log.info("resuming from %s at iteration %d", last, int(state["iteration"]))
+    return int(state["iteration"]), dict(state["best"])
+
+
+def run_iterations(
+    recipe: Recipe,
+    parts: Parts,
+    cfg: DictConfig,
+    run_dir: Path,
+    tracker: Tracker,
+    start: int,
+    best: dict[str, float],
+) -> dict[str, float]:
+    """Meta-iterations start..meta_iterations with their records and checkpoints; returns `best`."""
+    total, meta_batch = int(cfg.meta_iterations), int(cfg.meta_batch)
+    log_every, val_every, ckpt_every = int(cfg.log_every), int(cfg.eval.every), int(cfg.checkpoint.every)
+    folder = ckpt.checkpoint_dir(run_dir)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    validating = bool(val_every) and parts.validation_key is not None
+    if val_every and not validating:
+        log.warning(
+            "%s has no validation split: validation is off and the meta-test uses last.pt", cfg.domain.name
+        )
+    sign = 1.0 if parts.higher_is_better else -1.0
+
+    def state(iteration: int) -> dict[str, Any]:
+        return {
+            "iteration": iteration,
+            **parts.state_dict(),
+            "best": dict(best),
+            "config": config_yaml,
+            "wandb_run_id": tracker.run_id,
+        }
+
+    def save(name: str, iteration: int, loss: float = math.nan) -> None:
+        if not parts.all_finite():  # never overwrite a good checkpoint with a diverged one
+            raise TrainingDiverged(diverged_message(loss, iteration, folder))
+        ckpt.save_checkpoint(folder / name, state(iteration))
+
+    window_start, window_iters = time.perf_counter(), 0
+    with GracefulStop() as stop, logging_redirect_tqdm(), progress_bar(cfg, total, start) as bar:
+        for it in range(start, total):
+            at_start = copy.deepcopy(state(it)) if parts.save_on_step_failure else None
+            try:
+                metrics = recipe.step(parts)
+            except StepFailed:
+                if at_start is not None:
+                    ckpt.save_checkpoint(folder / ckpt.LAST, at_start)
+                raise
+            step, window_iters = it + 1, window_iters + 1
+            bar.update()
+            floats = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            check_finite(floats, step, folder)
+            if floats:
+                bar.set_postfix(short(floats))
+
+            if step % log_every == 0 or step == total:
+                values = {k: float(v) for k, v in metrics.items()}
+                check_finite(values, step, folder)
+                if not parts.all_finite():
+                    raise TrainingDiverged(diverged_message(math.nan, step, folder))
+                elapsed = time.perf_counter() - window_start
+                rates = {
+                    "perf/iters_per_s": window_iters / elapsed,
+                    "perf/tasks_per_s": window_iters * meta_batch / elapsed,
+                }
+                tracker.log({**values, **rates}, step=step)
+                bar.set_postfix(short(values))
+                window_start, window_iters = time.perf_counter(), 0
+
+            if validating and (step % val_every == 0 or step == total):
+                value = recipe.validate(parts)
+                tracker.log({parts.validation_key: value}, step=step)
+                if best["iteration"] < 0 or sign * value > sign * best["metric"]:
+                    best = {"metric": value, "iteration": step}
+                    save(ckpt.BEST, step)
+
+            if stop.requested or step == total or (ckpt_every and step % ckpt_every == 0):
+                save(ckpt.LAST, step)
+            if stop.requested:
+                raise Interrupted(
+                    stop.requested,
+                    f"stopped by signal {stop.requested} at iteration {step}; "
+                    f"checkpoint saved to {folder / ckpt.LAST}; run again in {run_dir} to resume",
+                )
+    if start >= total:
+        log.info("nothing to train (meta_iterations=%d, at iteration %d)", total, start)
+        if not (folder / ckpt.LAST).is_file():
+            save(ckpt.LAST, start)
+    return best
+
+
+def meta_test(
+    recipe: Recipe,
+    parts: Parts,
+    cfg: DictConfig,
+    out_dir: Path,
+    tracker: Tracker | None,
+    *,
+    log_step: int | None = None,
+    checkpoint: Path | None = None,
+) -> MetaTestOutcome:
+    """Load the checkpoint (default: the one eval.use picks), run the kind's meta-test, report it.
+
+    `log_step` is the W&B step of the results (the trainer passes its final iteration even when
+    best.pt is older; W&B drops steps lower than its last one); default: the checkpoint's iteration.
+    """
+    path = checkpoint or ckpt.chosen_checkpoint(out_dir, cfg.eval.use)
+    state = ckpt.load_checkpoint(path, map_location=parts.device)
+    parts.load_weights(state, path)
+    outcome = recipe.meta_test(parts, Path(out_dir))
+    iteration = int(state["iteration"])
+    source = {
+        "checkpoint": str(path),
+        "iteration": iteration,
+        "domain": str(cfg.domain.name),
+        "eval_seed": int(cfg.eval.seed),
+    }
+    report(outcome, out_dir, tracker, source=source, log_step=iteration if log_step is None else log_step)
+    return outcome
+
+
+def evaluate(recipe: Recipe, cfg: DictConfig, checkpoint: Path, run_dir: Path) -> MetaTestOutcome:
+    """`mamlrun eval`: the meta-test alone on `checkpoint`, reported into `run_dir` (W&B off)."""
+    parts = recipe.build(cfg)
+    tracker = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), None)
+    try:
+        return meta_test(recipe, parts, cfg, run_dir, tracker, checkpoint=checkpoint)
+    finally:
+        parts.close()
+        tracker.finish()
+
+
+def check_finite(values: Metrics, step: int, folder: Path) -> None:
+    """Stop with the last good checkpoint when a metric is NaN or infinite."""
+    for value in values.values():
+        if not math.isfinite(float(value)):
+            raise TrainingDiverged(diverged_message(float(value), step, folder))
+
+
+def short(values: Metrics, keys: int = 2) -> dict[str, str]:
+    """The progress bar's postfix: the first `keys` metrics, names without their namespace."""
+    return {name.split("/")[-1]: f"{float(v):.4g}" for name, v in list(values.items())[:keys]}
+
+
+def diverged_message(loss: float, step: int, folder: Path) -> str:
+    last = folder / ckpt.LAST
+    kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint was written before it"
+    return (
+        f"training diverged: loss={loss} (or a parameter became non-finite) at iteration {step}; {kept}. "
+        "Try a smaller optimizer.lr or alpha"
+    )

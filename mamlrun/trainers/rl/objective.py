@@ -1,0 +1,60 @@
+"""The MAML-TRPO outer objective: the surrogate loss and KL of the adapted policies, as a function
+of the meta-parameters (the inner update is re-run inside it, with a graph, by `maml.MetaTerms`).
+
+Details every port must get right: validation episodes are fresh episodes of the adapted policies;
+the surrogate re-adapts from the same inner episodes with a graph, so its probability ratio starts
+at 1; the KL is between the adapted policies (the sampling one vs the one re-adapted from a
+candidate theta) on the validation observations, re-adapting per candidate.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from mamlrun.domains.rl.sampler import Episodes, policy_distribution
+from mamlrun.maml.terms import MetaTerms
+from mamlrun.models.policy import gaussian_kl, gaussian_log_prob
+from mamlrun.trainers.rl.parts import RLParts
+
+
+def surrogate_and_kl(parts: RLParts, adapted: dict[str, Tensor], valid: dict[str, Tensor]) -> Tensor:
+    """One task's outer terms, [surrogate loss, KL], for its adapted policy on its validation episodes."""
+    mean, log_std = torch.func.functional_call(parts.policy, adapted, (valid["obs"],))
+    logp = gaussian_log_prob(mean, log_std, valid["actions"])
+    mask = valid["mask"]
+    n = mask.sum().clamp(min=1.0)
+    ratio = torch.exp(logp - valid["old_logp"])
+    loss = -(ratio * valid["adv"] * mask).sum() / n
+    kl = (gaussian_kl(valid["old_mean"], valid["old_log_std"], mean, log_std) * mask).sum() / n
+    return torch.stack([loss, kl])
+
+
+def outer_terms(
+    parts: RLParts, steps: int, first_order: bool, train: dict[str, Tensor], valid: dict[str, Tensor]
+) -> MetaTerms:
+    """The meta-batch's mean [surrogate, KL] as a function of the meta-parameters (`parts.meta_parameters()`
+    order), re-adapting every task from its inner episodes, in chunks of `chunk_size` tasks."""
+    names = [("model", n) for n, _ in parts.policy.named_parameters()]
+    names += [("alpha", n) for n, _ in parts.alpha.named_parameters()]
+    return MetaTerms(
+        task_loss=parts.inner_loss,
+        query_loss=functools.partial(surrogate_and_kl, parts),
+        alpha=parts.alpha,
+        steps=steps,
+        first_order=first_order,
+        names=names,
+        support=train,
+        query=valid,
+        chunk_size=parts.cfg.chunk_size,
+    )
+
+
+def validation_data(parts: RLParts, adapted: dict[str, Tensor], episodes: Episodes) -> dict[str, Tensor]:
+    """Validation episodes plus what the sampling (adapted) policy said of them, for ratio and KL."""
+    data = parts.task_data(episodes)
+    with torch.no_grad():
+        mean, log_std = policy_distribution(parts.policy, adapted, episodes.obs, batched=True)
+    return data | {"old_logp": episodes.log_probs, "old_mean": mean, "old_log_std": log_std}

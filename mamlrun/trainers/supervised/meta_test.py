@@ -1,0 +1,114 @@
+"""Validation and the meta-test of a supervised run: the metric after 0..K test-time steps.
+
+Test tasks come from `eval.seed` and validation tasks from `eval.val_seed` (never the training
+seed), so every run and every re-evaluation sees the same tasks. Inner steps at test time are
+first order: no outer gradient is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mamlrun.domains.base import Predict, TaskBatch
+from mamlrun.evaluation import MetaTestOutcome, paper_numbers, to_result
+from mamlrun.maml import adapt, adaptation_curve
+from mamlrun.maml.objective import num_tasks, task_slice
+from mamlrun.runtime.seeding import generator
+from mamlrun.trainers.supervised.parts import SupervisedParts
+
+
+@torch.no_grad()
+def adaptation_curves(parts: SupervisedParts, tasks: TaskBatch, steps: int) -> Tensor:
+    """Per-task metric after 0..steps inner steps: a [tasks, steps + 1] tensor on the CPU.
+
+    Tasks are vmapped in chunks of eval.chunk_size.
+    """
+    frozen = {k: v.detach() for k, v in parts.model.named_parameters()}
+    alpha_params = {k: v.detach() for k, v in parts.alpha.named_parameters()}
+
+    def one_task(support: Any, query: Any) -> Tensor:
+        return adaptation_curve(
+            frozen,
+            alpha_params,
+            support,
+            query,
+            steps,
+            task_loss=parts.task_loss,
+            metric=parts.task_metric,
+            alpha=parts.alpha,
+        )
+
+    batched = torch.func.vmap(one_task, randomness="different")
+    total, chunk = num_tasks(tasks.support), int(parts.cfg.eval.chunk_size)
+    rows = []
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        rows.append(
+            batched(task_slice(tasks.support, start, stop), task_slice(tasks.query, start, stop)).cpu()
+        )
+    return torch.cat(rows)
+
+
+def validate(parts: SupervisedParts) -> float:
+    """The metric after eval.steps test-time steps on the fixed validation tasks."""
+    cfg = parts.cfg
+    val_set = parts.sample(
+        int(cfg.eval.val_tasks),
+        int(cfg.domain.shots),
+        int(cfg.eval.query),
+        generator(cfg.eval.val_seed, parts.device),
+        "val",
+    )
+    return float(adaptation_curves(parts, val_set, int(cfg.eval.steps))[:, -1].mean())
+
+
+def meta_test(parts: SupervisedParts, out_dir: Path) -> MetaTestOutcome:
+    """The protocol for every K in eval.shots on eval.tasks fixed test tasks, and the domain's figure."""
+    cfg, spec = parts.cfg, parts.kind.spec
+    steps = int(cfg.eval.steps)
+    results, test_sets = [], {}
+    for shots in (int(k) for k in cfg.eval.shots):
+        tasks = parts.sample(
+            int(cfg.eval.tasks), shots, int(cfg.eval.query), generator(cfg.eval.seed, parts.device), "test"
+        )
+        curves = adaptation_curves(parts, tasks, steps)
+        results.append(to_result(curves, spec.name, shots, paper_numbers(cfg, shots)))
+        test_sets[shots] = tasks
+    figures = {}
+    if parts.tasks.adaptation_figure is not None:
+        figures["eval/adaptation"] = parts.tasks.adaptation_figure(
+            test_sets, predictor(parts), steps, Path(out_dir) / "adaptation.png"
+        )
+    return MetaTestOutcome(
+        results=results,
+        spec=spec,
+        title=f"{cfg.domain.name}: meta-test ({spec.name}, 95% CI)",
+        description=f"on {cfg.eval.tasks} fixed tasks per K (eval.seed={cfg.eval.seed})",
+        headline=results[0].final,
+        figures=figures,
+    )
+
+
+def predictor(parts: SupervisedParts) -> Predict:
+    """`predict(support, steps, x)`: the model adapted `steps` steps on one task's support, at x."""
+    params = {k: v.detach() for k, v in parts.model.named_parameters()}
+    alpha_params = {k: v.detach() for k, v in parts.alpha.named_parameters()}
+
+    def predict(support: tuple[Tensor, Tensor], steps: int, x: Tensor) -> Tensor:
+        adapted, _ = adapt(
+            params,
+            alpha_params,
+            support,
+            steps,
+            task_loss=parts.task_loss,
+            alpha=parts.alpha,
+            first_order=True,
+        )
+        with torch.no_grad():
+            return torch.func.functional_call(parts.model, adapted, (x,))
+
+    return predict
