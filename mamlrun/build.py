@@ -7,6 +7,7 @@ original one-line `UserError`, not wrapped in Hydra's instantiation traceback.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +21,8 @@ from torch import nn
 
 from mamlrun.maml import AlphaSchedule
 from mamlrun.runtime.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
 
 # compile=auto turns torch.compile on only for runs long enough to repay its start-up cost
 COMPILE_MIN_ITERATIONS = 2000
@@ -102,3 +105,21 @@ def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> torch.op
         return factory(params=list(params))
     except (ValueError, TypeError) as exc:
         raise UserError(f"optimizer: {exc}") from None
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], cfg: DictConfig) -> None:
+    """Load a checkpoint's optimizer state, then apply the configured optimizer.lr: a run resumed
+    with a new learning rate (the divergence message's advice) uses it, and the log says so."""
+    optimizer.load_state_dict(state)
+    lr = cfg.optimizer.get("lr")
+    if lr is None:
+        return
+    old = {group["lr"] for group in optimizer.param_groups}
+    if old != {float(lr)}:
+        log.info(
+            "optimizer.lr=%g replaces the checkpoint's %s",
+            float(lr),
+            ", ".join(f"{v:g}" for v in sorted(old)),
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr)

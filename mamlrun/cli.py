@@ -138,8 +138,11 @@ def version() -> None:
 def main() -> None:
     """Entry point: a first argument that is not a command means `train`."""
     argv = sys.argv[1:]
-    if argv and argv[0] not in COMMANDS and argv[0] not in ("--help", "-h"):
-        sys.argv = [sys.argv[0], "train", *argv]
+    if argv and argv[0] == "-h":  # the short form users try first
+        argv = ["--help", *argv[1:]]
+    if argv and argv[0] not in COMMANDS and argv[0] != "--help":
+        argv = ["train", *argv]
+    sys.argv = [sys.argv[0], *argv]
     app()
 
 

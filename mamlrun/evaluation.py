@@ -41,6 +41,7 @@ class MetricSpec:
         unit: printed after each table cell and on the figure's axis ("%" for accuracies).
         digits: decimals in the table.
         column: the table header of one curve; may use {metric}, {shots} and {tasks}.
+        curve: the figure's legend entry of one curve; may use {shots}.
     """
 
     name: str
@@ -48,6 +49,7 @@ class MetricSpec:
     unit: str = ""
     digits: int = 3
     column: str = "{metric} K={shots} (n={tasks})"
+    curve: str = "K={shots}"
 
     @property
     def axis_label(self) -> str:
@@ -186,23 +188,26 @@ def report(
     *,
     source: Mapping[str, Any],
     log_step: int,
+    log_table: bool = True,
 ) -> None:
     """Write the meta-test everywhere: log table, eval.json, figures, W&B metrics and summary.
 
     `source` says where the numbers came from (checkpoint, iteration, domain, eval_seed) and goes
-    into eval.json; `log_step` is the W&B step (W&B drops steps lower than its last one).
+    into eval.json, with `headline` (what a sweep optimises); `log_step` is the W&B step (W&B drops
+    steps lower than its last one); `log_table=False` leaves the table to the caller.
     """
     out_dir = Path(out_dir)
     spec, results = outcome.spec, outcome.results
+    table = f"\n{format_table(results, spec)}" if log_table else " (table below, after W&B's summary)"
     log.info(
-        "meta-test %s, checkpoint %s (iteration %s)\n%s",
+        "meta-test %s, checkpoint %s (iteration %s)%s",
         outcome.description,
         source.get("checkpoint"),
         source.get("iteration"),
-        format_table(results, spec),
+        table,
     )
-    write_eval_json(out_dir / EVAL_JSON, results, **source, unit=spec.unit or None)
-    curve = curve_figure(results, out_dir / CURVE_PNG, outcome.title, spec.axis_label)
+    write_eval_json(out_dir / EVAL_JSON, results, **source, unit=spec.unit or None, headline=outcome.headline)
+    curve = curve_figure(results, out_dir / CURVE_PNG, outcome.title, spec.axis_label, spec.curve)
     figures = {"eval/curve": curve, **outcome.figures}
     if tracker is not None:
         metrics = wandb_metrics(results)

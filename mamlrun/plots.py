@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed: figures go to files
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 class Curve(Protocol):
@@ -42,11 +43,12 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return Path(path)
 
 
-def curve_figure(results: Sequence[Curve], path: Path, title: str, ylabel: str) -> Path:
-    """Metric vs test-time steps, mean with a shaded 95% CI, one line per shot count."""
+def draw_curves(results: Sequence[Curve], title: str, ylabel: str, label: str = "K={shots}") -> Figure:
+    """Metric vs test-time steps, mean with a shaded 95% CI, one line per curve (`label` may use
+    {shots}), whole-number step ticks, the paper's figures as stars."""
     fig, (ax,) = new_figure(1, 5.5, 4)
     for r in results:
-        ax.plot(r.steps, r.mean, marker="o", ms=3, label=f"K={r.shots}")
+        ax.plot(r.steps, r.mean, marker="o", ms=3, label=label.format(shots=r.shots))
         low = [m - c for m, c in zip(r.mean, r.ci95, strict=True)]
         high = [m + c for m, c in zip(r.mean, r.ci95, strict=True)]
         ax.fill_between(r.steps, low, high, alpha=0.2)
@@ -54,9 +56,17 @@ def curve_figure(results: Sequence[Curve], path: Path, title: str, ylabel: str) 
             ax.scatter([int(step)], [value], marker="*", s=90, color=ax.lines[-1].get_color(), zorder=5)
     if any(r.paper for r in results):
         ax.scatter([], [], marker="*", s=90, color="gray", label="paper")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("test-time gradient steps")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_figure(fig, path)
+    return fig
+
+
+def curve_figure(
+    results: Sequence[Curve], path: Path, title: str, ylabel: str, label: str = "K={shots}"
+) -> Path:
+    """`draw_curves`, saved to `path`."""
+    return save_figure(draw_curves(results, title, ylabel, label), path)

@@ -275,7 +275,7 @@ def rl_suite(device: torch.device) -> None:
     from mamlrun.domains.rl.nav2d import Nav2DFamily
     from mamlrun.domains.rl.sampler import EpisodeSampler
     from mamlrun.models import GaussianPolicy
-    from mamlrun.trainers.rl.objective import make_objective, validation_data
+    from mamlrun.trainers.rl.objective import outer_terms, validation_data
     from mamlrun.trainers.rl.parts import build as build_rl_parts
     from mamlrun.trainers.rl.trpo import TRPO, trpo_step
 
@@ -352,7 +352,7 @@ def rl_suite(device: torch.device) -> None:
         valid_eps = parts.sampler.sample(goals, adapted, True, rng, noise)
         t3 = time.perf_counter()
         valid = validation_data(parts, adapted, valid_eps)
-        trpo_step(params, make_objective(parts, 1, False, data, valid), TRPO())
+        trpo_step(params, outer_terms(parts, 1, False, data, valid), TRPO())
         sync(device)
         t4 = time.perf_counter()
         times["sampling"].append((t1 - t0) + (t3 - t2))

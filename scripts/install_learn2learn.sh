@@ -17,7 +17,9 @@ fi
 
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 "$PY" -m pip install --quiet "cython<3" "setuptools<81" wheel
-"$PY" -m pip download --quiet --no-deps --no-binary :all: "learn2learn==$VERSION" -d "$work"
+# Only learn2learn's sdist: `--no-binary :all:` would also build pip's build dependencies (Cython)
+# from source just to read the sdist's metadata, which took most of a fresh `make install`.
+"$PY" -m pip download --quiet --no-deps --no-binary learn2learn "learn2learn==$VERSION" -d "$work"
 tar -xzf "$work/learn2learn-$VERSION.tar.gz" -C "$work"
 src="$work/learn2learn-$VERSION"
 # Regenerate the C sources for this Python (the shipped ones target Python <= 3.10).

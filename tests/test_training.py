@@ -84,7 +84,9 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
-    assert "stopped by signal 15" in err.strip().splitlines()[-1]
+    last_line = err.strip().splitlines()[-1]
+    assert "stopped by signal 15" in last_line
+    assert last_line.endswith(f"resume with: mamlrun resume {run_dir}"), last_line  # the command that resumes
     stopped_at = ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"]
     assert 0 < stopped_at < 1000000
 

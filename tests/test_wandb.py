@@ -76,6 +76,8 @@ def test_offline_run_files_hold_the_config_and_metrics(tmp_path):
     assert any("eval/mse_k5_step2" in h for h in history)
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     assert offline_run(run_dir).name == f"run-{run_id}.wandb"
+    # the meta-test table is printed once, after W&B's closing summary (not also before it)
+    assert (proc.stdout + proc.stderr).count("mse K=5 (n=8)") == 1, proc.stderr
 
 
 def test_resumed_run_continues_the_same_wandb_run(tmp_path):

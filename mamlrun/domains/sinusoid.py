@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from mamlrun.domains.base import Predict, TaskBatch
@@ -83,8 +84,12 @@ class SinusoidTasks:
     def adaptation_figure(
         self, test_sets: Mapping[int, TaskBatch], predict: Predict, steps: int, path: Path
     ) -> Path:
-        """The paper's Figure 2: the first test task of each K (up to 3), its K points, the true
-        curve and the model's predictions before adaptation, after 1 step and after `steps`."""
+        """The paper's Figure 2 (`draw_adaptation`), saved to `path`."""
+        return save_figure(self.draw_adaptation(test_sets, predict, steps), path)
+
+    def draw_adaptation(self, test_sets: Mapping[int, TaskBatch], predict: Predict, steps: int) -> Figure:
+        """The first test task of each K (up to 3): its K points, the true curve and the model's
+        predictions before adaptation, after 1 step and after `steps`, one labelled panel per K."""
         x = torch.linspace(self.x_range[0], self.x_range[1], 200)
         labels = {0: "pre-update", 1: "1 grad step", steps: f"{steps} grad steps"}
         shots_list = list(test_sets)[:3]
@@ -106,6 +111,8 @@ class SinusoidTasks:
                 label="K points",
             )
             ax.set_title(f"sinusoid, K={shots}")
+            ax.set_xlabel("x")
+            ax.set_ylabel("y = A sin(x - phase)")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
-        return save_figure(fig, path)
+            ax.legend(fontsize=7)
+        return fig

@@ -52,6 +52,18 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         os.close(dir_fd)
 
 
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that never finished (a SIGKILL between
+    `mkstemp` and the rename leaves `.last.pt.XXXX`); returns what was removed. Call it only while
+    holding the run's lock: a live writer's temporary file looks the same."""
+    removed = []
+    for name in (LAST, BEST):
+        for tmp in Path(folder).glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a mamlrun checkpoint safely; every failure is a one-line `CheckpointError`."""
     path = Path(path)

@@ -12,6 +12,7 @@ parts are closed (environments) the same way. `evaluate` runs the meta-test alon
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, format_table, report
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import Interrupted, StepFailed, TrainingDiverged
+from mamlrun.runtime.lock import RunLock
 from mamlrun.runtime.progress import progress_bar
 from mamlrun.runtime.signals import GracefulStop
 from mamlrun.runtime.tracking import Tracker
@@ -34,8 +36,42 @@ log = logging.getLogger(__name__)
 
 def train(recipe: Recipe, cfg: DictConfig, run_dir: Path) -> float:
     """Meta-train, then meta-test; returns what sweeps optimise: the best validation metric, or the
-    meta-test's headline number when validation is off."""
+    meta-test's headline number when validation is off. One process per run directory (a lock)."""
     run_dir = Path(run_dir)
+    with RunLock(run_dir):
+        finished = finished_run(cfg, run_dir)
+        if finished is not None:
+            return finished
+        return train_locked(recipe, cfg, run_dir)
+
+
+def finished_run(cfg: DictConfig, run_dir: Path) -> float | None:
+    """A run whose last.pt reached meta_iterations and whose meta-test wrote eval.json is done:
+    say so and return its result, instead of repeating the meta-test (None: not finished)."""
+    last, results = ckpt.checkpoint_dir(run_dir) / ckpt.LAST, run_dir / EVAL_JSON
+    if not (cfg.checkpoint.resume and last.is_file() and results.is_file()):
+        return None
+    state = ckpt.load_checkpoint(last)
+    if int(state["iteration"]) < int(cfg.meta_iterations):
+        return None
+    headline = json.loads(results.read_text(encoding="utf-8")).get("headline")
+    log.info(
+        "run %s is finished (iteration %d of %d): results in %s; `mamlrun eval %s` re-runs the meta-test, "
+        "a larger meta_iterations continues training",
+        run_dir,
+        int(state["iteration"]),
+        int(cfg.meta_iterations),
+        results,
+        run_dir,
+    )
+    best = state["best"]
+    if best["iteration"] >= 0:
+        return float(best["metric"])
+    return float("nan") if headline is None else float(headline)
+
+
+def train_locked(recipe: Recipe, cfg: DictConfig, run_dir: Path) -> float:
+    """`train` once the run directory is ours."""
     parts = recipe.build(cfg)
     tracker: Tracker | None = None
     exit_code = 1
@@ -51,25 +87,34 @@ def train(recipe: Recipe, cfg: DictConfig, run_dir: Path) -> float:
             parts.device.type,
         )
         best = run_iterations(recipe, parts, cfg, run_dir, tracker, start, best)
+        wandb_on = tracker.wandb_run is not None  # W&B's closing summary would scroll the table away
         outcome = meta_test(
-            recipe, parts, cfg, run_dir, tracker, log_step=max(start, int(cfg.meta_iterations))
+            recipe,
+            parts,
+            cfg,
+            run_dir,
+            tracker,
+            log_step=max(start, int(cfg.meta_iterations)),
+            log_table=not wandb_on,
         )
         tracker.summary({"best/val_metric": best["metric"], "best/iteration": best["iteration"]})
         exit_code = 0
     finally:
         parts.close()
-        printed_by_wandb = tracker is not None and tracker.wandb_run is not None
         if tracker is not None:
             tracker.finish(exit_code)
-    if printed_by_wandb:  # W&B's run summary scrolled the table away: the table gets the last word
+    if wandb_on:  # so the table comes once, after W&B's summary
         table = format_table(outcome.results, outcome.spec)
-        log.info("meta-test summary (also in %s)\n%s", run_dir / EVAL_JSON, table)
+        log.info("meta-test on the checkpoint (also in %s)\n%s", run_dir / EVAL_JSON, table)
     return float(best["metric"]) if best["iteration"] >= 0 else outcome.headline
 
 
 def resume(parts: Parts, cfg: DictConfig, run_dir: Path) -> tuple[int, dict[str, float]]:
     """Continue from checkpoints/last.pt when there is one (and checkpoint.resume): (start, best)."""
-    last = ckpt.checkpoint_dir(run_dir) / ckpt.LAST
+    folder = ckpt.checkpoint_dir(run_dir)
+    for stale in ckpt.remove_partial_writes(folder):
+        log.info("removed %s, left by a checkpoint write that was killed", stale)
+    last = folder / ckpt.LAST
     if not (cfg.checkpoint.resume and last.is_file()):
         return 0, {"metric": float("nan"), "iteration": -1}
     state = ckpt.load_checkpoint(last, map_location=parts.device)
@@ -157,7 +202,7 @@ def run_iterations(
                 raise Interrupted(
                     stop.requested,
                     f"stopped by signal {stop.requested} at iteration {step}; "
-                    f"checkpoint saved to {folder / ckpt.LAST}; run again in {run_dir} to resume",
+                    f"checkpoint saved to {folder / ckpt.LAST}; resume with: mamlrun resume {run_dir}",
                 )
     if start >= total:
         log.info("nothing to train (meta_iterations=%d, at iteration %d)", total, start)
@@ -175,6 +220,7 @@ def meta_test(
     *,
     log_step: int | None = None,
     checkpoint: Path | None = None,
+    log_table: bool = True,
 ) -> MetaTestOutcome:
     """Load the checkpoint (default: the one eval.use picks), run the kind's meta-test, report it.
 
@@ -192,7 +238,8 @@ def meta_test(
         "domain": str(cfg.domain.name),
         "eval_seed": int(cfg.eval.seed),
     }
-    report(outcome, out_dir, tracker, source=source, log_step=iteration if log_step is None else log_step)
+    step = iteration if log_step is None else log_step
+    report(outcome, out_dir, tracker, source=source, log_step=step, log_table=log_table)
     return outcome
 
 

@@ -19,7 +19,12 @@ from mamlrun.domains.rl.sampler import Episodes
 from mamlrun.evaluation import MetaTestOutcome, MetricSpec, paper_numbers, to_result
 from mamlrun.trainers.rl.parts import RLParts
 
-RETURN = MetricSpec("return", higher_is_better=True, column="return, {shots} episodes/step (n={tasks} tasks)")
+RETURN = MetricSpec(
+    "return",
+    higher_is_better=True,
+    column="return, {shots} episodes/step (n={tasks} tasks)",
+    curve="{shots} episodes/step",
+)
 
 
 def returns_after_adaptation(

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from mamlrun.build import build_alpha, build_model, construct, resolve_device
+from mamlrun.build import build_alpha, build_model, construct, resolve_device, restore_optimizer
 from mamlrun.domains.rl.base import TaskFamily
 from mamlrun.domains.rl.sampler import Episodes, EpisodeSampler
 from mamlrun.maml import AlphaSchedule, inner_step
@@ -126,7 +126,7 @@ class RLParts:
     def load_state_dict(self, state: Mapping[str, Any], path: Path) -> None:
         self.load_weights(state, path)
         if state["optimizer"] and not isinstance(self.outer, TRPO):
-            self.outer.load_state_dict(state["optimizer"])
+            restore_optimizer(self.outer, state["optimizer"], self.cfg)
         ckpt.restore_rng(state["rng"], {"noise": self.rngs.noise})
         self.rngs.tasks.bit_generator.state = state["rl_rng"]["tasks"]
         self.rngs.envs.bit_generator.state = state["rl_rng"]["envs"]

@@ -14,10 +14,8 @@ from mamlrun.trainers.supervised.parts import SupervisedParts
 
 def step(parts: SupervisedParts) -> Metrics:
     """Update theta (and learned alphas) once; returns the meta-loss and the support loss before adaptation."""
-    cfg = parts.cfg
-    batch = parts.sample(
-        int(cfg.meta_batch), int(cfg.domain.shots), int(cfg.domain.query), parts.sampler, "train"
-    )
+    sizes = parts.sizes
+    batch = parts.sample(sizes.meta_batch, sizes.shots, sizes.query, parts.sampler, "train")
     result = parts.objective(parts.meta_params(), batch.support, batch.query)
     for group, module in (("model", parts.model), ("alpha", parts.alpha)):
         for name, p in module.named_parameters():

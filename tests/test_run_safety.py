@@ -1,0 +1,86 @@
+"""What protects a run directory: one process at a time, stale temporary files cleaned, a finished
+run left alone, a new learning rate honoured on resume, and a stop message that names the resume."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from mamlrun.run import train_in
+from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.runtime.lock import RunLock
+from tests.conftest import run_cli, smoke_overrides
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file below `folder`, by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_second_process_in_a_run_directory_is_refused_naming_the_holder(tmp_path):
+    run_dir = tmp_path / "run"
+    with RunLock(run_dir):  # this test process holds the run, as a live training process would
+        proc = run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"mamlrun: error: run directory {run_dir} is in use"), proc.stderr
+    assert f"PID {os.getpid()}" in lines[-1] and "Traceback" not in proc.stderr
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
+    # the lock goes with its holder: the same command now runs
+    run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
+    assert ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 4
+
+
+def test_temporary_files_of_killed_checkpoint_writes_are_removed_on_start(tmp_path, smoke_cfg, caplog):
+    train_in(smoke_cfg("meta_iterations=2"), tmp_path)
+    folder = tmp_path / "checkpoints"
+    stale = [folder / ".last.pt.k1ll3d", folder / ".best.pt.x9q2ab"]  # what mkstemp leaves on SIGKILL
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    with caplog.at_level(logging.INFO):
+        train_in(smoke_cfg("meta_iterations=4"), tmp_path)
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.pt"]
+    assert f"removed {stale[0]}" in caplog.text
+    assert ckpt.load_checkpoint(folder / "last.pt")["iteration"] == 4
+
+
+def test_running_a_finished_run_again_says_so_and_changes_nothing(tmp_path, smoke_cfg, caplog):
+    first = train_in(smoke_cfg(), tmp_path)
+    before = file_hashes(tmp_path)
+    assert "eval.json" in before and "checkpoints/last.pt" in before
+    with caplog.at_level(logging.INFO):
+        again = train_in(smoke_cfg(), tmp_path)
+    assert again == first
+    assert (
+        f"run {tmp_path} is finished (iteration 4 of 4): results in {tmp_path / 'eval.json'}" in caplog.text
+    )
+    assert file_hashes(tmp_path) == before  # no second meta-test, no new records
+
+
+def test_a_new_learning_rate_is_applied_on_resume(tmp_path, smoke_cfg, caplog):
+    common = ["eval.every=0", "checkpoint.every=2", "log_every=1"]
+    train_in(smoke_cfg(*common, "meta_iterations=2"), tmp_path / "resumed")
+    with caplog.at_level(logging.INFO):
+        train_in(smoke_cfg(*common, "meta_iterations=4", "optimizer.lr=1e-5"), tmp_path / "resumed")
+    assert "optimizer.lr=1e-05 replaces the checkpoint's 0.001" in caplog.text
+    state = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-5]
+    # and it changed the training: iterations 3-4 at 1e-5 differ from a straight run at 1e-3
+    train_in(smoke_cfg(*common, "meta_iterations=4"), tmp_path / "straight")
+    straight = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    assert any(not torch.equal(state["model"][k], straight["model"][k]) for k in state["model"])
+
+
+def test_dash_h_is_help(tmp_path):
+    proc = run_cli("-h", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "train" in proc.stdout and "resume" in proc.stdout and "Usage" in proc.stdout
