@@ -72,15 +72,22 @@ def resume(
     ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="the run directory of an earlier run (it holds .hydra/)")],
 ) -> None:
-    """Continue a run from its checkpoints/last.pt, with the overrides it was started with."""
+    """Continue a run from its checkpoints/last.pt, with the overrides it was started with (one job
+    of a sweep resumes alone: the sweep's own settings are not replayed)."""
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         typer.echo(
             f"mamlrun: error: {run_dir} is not a mamlrun run directory (no {overrides_file})", err=True
         )
         raise SystemExit(2)
-    overrides = yaml.safe_load(overrides_file.read_text()) or []
-    run_hydra([*overrides, *ctx.args, f"hydra.run.dir={run_dir.resolve()}"])
+    overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not is_sweep_setting(o)]
+    run_hydra([*overrides, *ctx.args, f"hydra.run.dir={run_dir.resolve()}", "hydra.mode=RUN"])
+
+
+def is_sweep_setting(override: str) -> bool:
+    """Overrides that start a sweep (an Optuna preset, a sweeper): resuming one job must not replay them."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    return key in ("hparams_search", "hydra/sweeper", "hydra.mode") or key.startswith("hydra.sweeper.")
 
 
 def describe_options(conf_dir: Path = CONF_DIR) -> dict[str, list[tuple[str, str]]]:

@@ -51,3 +51,51 @@ def check_run(cfg: DictConfig, kinds: tuple[str, ...]) -> None:
     check_integers(cfg, RUN_INTEGERS)
     if cfg.eval.use not in ("best", "last"):
         raise ConfigError("eval.use", cfg.eval.use, "choose best or last")
+
+
+# Settings a resumed run may change (README: "Failure, resume and requeue"); every other setting
+# defines the run, and a checkpoint written under other values of them is refused.
+MAY_CHANGE_ON_RESUME = (
+    "meta_iterations",
+    "eval",
+    "checkpoint",
+    "log_every",
+    "progress",
+    "logger",
+    "optimizer.lr",
+    "device",
+    "compile",
+    "chunk_size",
+    "domain.meta_iterations",
+    "domain.eval_",  # the domain's meta-test defaults (eval_steps, eval_tasks, ...)
+    "domain.tasks.root",
+    "domain.tasks.download",
+    "domain.tasks.cache_dir",
+)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return flat
+
+
+def may_change_on_resume(key: str) -> bool:
+    return any(key == p or key.startswith(p if p.endswith("_") else p + ".") for p in MAY_CHANGE_ON_RESUME)
+
+
+def run_defining_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The run-defining settings whose values differ between a checkpoint's config and this one."""
+    old, new = flatten(saved), flatten(now)
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        if may_change_on_resume(key) or old.get(key, "<absent>") == new.get(key, "<absent>"):
+            continue
+        differences.append(
+            f"{key}={old.get(key, '<absent>')!r} in the checkpoint, {new.get(key, '<absent>')!r} now"
+        )
+    return differences

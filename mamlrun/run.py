@@ -19,6 +19,7 @@ from mamlrun.config_checks import check_run
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import Interrupted, UserError
 from mamlrun.runtime.malloc import tune_malloc
+from mamlrun.runtime.run_record import HeldLogFile, write_hydra_files
 from mamlrun.trainers import loop
 from mamlrun.trainers.recipe import Recipe
 from mamlrun.trainers.rl import RL_RECIPE
@@ -58,17 +59,30 @@ def report_and_exit(exc: UserError | Interrupted) -> None:
 
 
 def train(cfg: DictConfig) -> float:
-    """Meta-train (and meta-test) one configuration; returns the best validation metric."""
+    """Meta-train (and meta-test) one configuration; returns the best validation metric.
+
+    Nothing is written into the run directory (Hydra's `.hydra/` record, the log file) until the
+    command is accepted as a valid start or continuation of the run there.
+    """
     tune_malloc()
+    held = HeldLogFile()
     try:
         recipe = recipe_for(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        log.info("run directory: %s", run_dir)
-        return loop.train(recipe, cfg, run_dir)
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+
+        def accept() -> None:
+            held.accept()
+            write_hydra_files(run_dir, cfg, hydra_cfg)
+            log.info("run directory: %s", run_dir)
+
+        return loop.train(recipe, cfg, run_dir, on_accept=accept)
     except (UserError, Interrupted) as exc:
         report_and_exit(exc)
     except OmegaConfBaseException as exc:  # e.g. an interpolation that points nowhere
         report_and_exit(UserError(f"config: {str(exc).strip().splitlines()[0]}"))
+    finally:
+        held.release()
     raise AssertionError("unreachable")
 
 

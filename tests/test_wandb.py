@@ -97,3 +97,26 @@ def test_a_wandb_failure_does_not_stop_the_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "W&B failed to start" in proc.stderr + proc.stdout
     assert (run_dir / "eval.json").is_file() and "train/loss" in (run_dir / "metrics.jsonl").read_text()
+
+
+def run_identity(run_dir: Path) -> tuple[str, str, str]:
+    """(run id, group, display name) as the latest W&B session of `run_dir` recorded them."""
+    run = next(r.run for r in read_records(offline_run(run_dir)) if r.HasField("run"))
+    return run.run_id, run.run_group, run.display_name
+
+
+def test_a_resumed_sweep_job_keeps_its_wandb_group_and_name(tmp_path):
+    sweep = tmp_path / "multirun" / "2026-01-02" / "03-04-05"  # Hydra's multirun/<date>/<time>
+    run_cli(
+        "train",
+        "-m",
+        *smoke_overrides(tmp_path / "unused", "logger=wandb", "seed=0", f"hydra.sweep.dir={sweep}"),
+        cwd=tmp_path,
+        check=True,
+    )
+    job = sweep / "0"
+    first = run_identity(job)
+    # the group carries the sweep's date and time, so same-time sweeps on other days stay apart
+    assert first[1:] == ("2026-01-02_03-04-05", "2026-01-02_03-04-05-0")
+    run_cli("resume", str(job), "meta_iterations=6", cwd=tmp_path, check=True)
+    assert run_identity(job) == first  # same run, same group, same name (not "0", no group)

@@ -2,7 +2,8 @@
 
 Two processes in one run directory would interleave `metrics.jsonl` and overwrite each other's
 checkpoints. The kernel releases a `flock` when its process dies, SIGKILL included, so a stale lock
-can never block a resume; the file keeps the holder's PID for the error message.
+can never block a resume; the file keeps the holder's PID for the error message. A command that is
+rejected after taking the lock puts the file back as it was (or removes it), so it changes nothing.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self._fd: int | None = None
+        self._before: bytes | None = None  # the file's content before we wrote our PID (None: no file)
+        self._kept = False
+
+    def keep(self) -> None:
+        """The run is accepted: leave our PID in the lock file when we release it."""
+        self._kept = True
 
     def __enter__(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -41,6 +49,7 @@ class RunLock:
                 f"run directory {self.run_dir} is in use by another mamlrun process (PID {holder}); "
                 "wait for it to end, or choose another directory with hydra.run.dir=..."
             ) from None
+        self._before = os.pread(fd, 4096, 0) if existed else None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -50,6 +59,12 @@ class RunLock:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._fd is not None:
+            if not self._kept:  # a rejected command leaves the directory as it found it
+                if self._before is None:
+                    self.path.unlink(missing_ok=True)
+                else:
+                    os.ftruncate(self._fd, 0)
+                    os.pwrite(self._fd, self._before, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -18,6 +18,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id.txt"
+IDENTITY_FILE = "wandb_run.json"  # id, group and name: what a resumed run must keep
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -71,8 +72,14 @@ class Tracker:
 
     # ------------------------------------------------------------------ W&B
     def _start_wandb(self, config: Mapping[str, Any], settings: dict[str, Any]) -> None:
-        id_file = self.run_dir / RUN_ID_FILE
+        id_file, identity_file = self.run_dir / RUN_ID_FILE, self.run_dir / IDENTITY_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else None
+        if run_id and identity_file.is_file():  # a resumed run keeps its group and name
+            try:
+                kept = json.loads(identity_file.read_text(encoding="utf-8"))
+                settings |= {k: kept[k] for k in ("group", "name") if kept.get(k)}
+            except (json.JSONDecodeError, TypeError):
+                log.warning("ignoring %s: not the JSON mamlrun writes", identity_file)
         try:
             import wandb
 
@@ -84,6 +91,8 @@ class Tracker:
                 **{k: v for k, v in settings.items() if v is not None},
             )
             id_file.write_text(self.wandb_run.id + "\n")
+            identity = {"id": self.wandb_run.id, "group": settings.get("group"), "name": settings.get("name")}
+            identity_file.write_text(json.dumps(identity) + "\n", encoding="utf-8")
         except Exception as exc:
             log.warning("W&B failed to start (%s); logging to %s only", exc, self.metrics_path)
             self.wandb_run = None
@@ -147,8 +156,9 @@ class Tracker:
 def wandb_settings(cfg: Any) -> dict[str, Any] | None:
     """`wandb.init` keyword arguments from `cfg.logger`, or None when W&B is off.
 
-    Jobs of one Hydra multirun share a W&B group (the sweep directory's name) unless
-    `logger.group` is set.
+    Jobs of one Hydra multirun share a W&B group unless `logger.group` is set: the sweep
+    directory's last two parts (`multirun/<date>/<time>` -> `<date>_<time>`), so sweeps started at
+    the same time on different days stay apart; a job's name is the group and the job number.
     """
     logger_cfg = cfg.logger
     if not logger_cfg.get("wandb", False):
@@ -160,12 +170,14 @@ def wandb_settings(cfg: Any) -> dict[str, Any] | None:
         from hydra.types import RunMode
 
         hydra_cfg = HydraConfig.get()
+        sweep = Path(hydra_cfg.sweep.dir)
+        sweep_name = f"{sweep.parent.name}_{sweep.name}" if sweep.parent.name else sweep.name
         if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
-            group = Path(hydra_cfg.sweep.dir).name
+            group = sweep_name
         if name is None:
             name = Path(hydra_cfg.runtime.output_dir).name
             if hydra_cfg.mode == RunMode.MULTIRUN:
-                name = f"{Path(hydra_cfg.sweep.dir).name}-{hydra_cfg.job.num}"
+                name = f"{sweep_name}-{hydra_cfg.job.num}"
     except ValueError:  # not inside a Hydra app (e.g. `mamlrun eval`)
         pass
     return {

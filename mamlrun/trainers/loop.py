@@ -16,15 +16,17 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from mamlrun.config_checks import run_defining_differences
 from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, format_table, report
 from mamlrun.runtime import checkpoint as ckpt
-from mamlrun.runtime.errors import Interrupted, StepFailed, TrainingDiverged
+from mamlrun.runtime.errors import Interrupted, StepFailed, TrainingDiverged, UserError
 from mamlrun.runtime.lock import RunLock
 from mamlrun.runtime.progress import progress_bar
 from mamlrun.runtime.signals import GracefulStop
@@ -34,25 +36,60 @@ from mamlrun.trainers.recipe import Metrics, Parts, Recipe
 log = logging.getLogger(__name__)
 
 
-def train(recipe: Recipe, cfg: DictConfig, run_dir: Path) -> float:
+def train(
+    recipe: Recipe, cfg: DictConfig, run_dir: Path, on_accept: Callable[[], None] | None = None
+) -> float:
     """Meta-train, then meta-test; returns what sweeps optimise: the best validation metric, or the
-    meta-test's headline number when validation is off. One process per run directory (a lock)."""
+    meta-test's headline number when validation is off.
+
+    One process per run directory (a lock). A run directory with a checkpoint continues only under
+    the same run-defining settings, and a finished run is left alone. `on_accept` runs once the
+    command is known to be a valid start or continuation, before anything is written (the Hydra
+    task writes its `.hydra/` record there).
+    """
     run_dir = Path(run_dir)
-    with RunLock(run_dir):
-        finished = finished_run(cfg, run_dir)
-        if finished is not None:
-            return finished
-        return train_locked(recipe, cfg, run_dir)
+    with RunLock(run_dir) as lock:
+        state = last_checkpoint(cfg, run_dir)
+        if state is not None:
+            check_same_run(state, cfg, run_dir)
+            finished = finished_run(state, cfg, run_dir)
+            if finished is not None:
+                return finished
+
+        def accept() -> None:
+            lock.keep()
+            if on_accept is not None:
+                on_accept()
+
+        return train_locked(recipe, cfg, run_dir, state, accept)
 
 
-def finished_run(cfg: DictConfig, run_dir: Path) -> float | None:
+def last_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The state of checkpoints/last.pt when the run directory has one (and checkpoint.resume)."""
+    last = ckpt.checkpoint_dir(run_dir) / ckpt.LAST
+    return ckpt.load_checkpoint(last) if cfg.checkpoint.resume and last.is_file() else None
+
+
+def check_same_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to continue a checkpoint written under other run-defining settings (seed, domain,
+    model, order, alpha, sizes), naming each difference."""
+    saved = OmegaConf.to_container(OmegaConf.create(state["config"]))
+    differences = run_defining_differences(saved, OmegaConf.to_container(cfg, resolve=True))
+    if differences:
+        shown = "; ".join(differences[:4]) + (
+            f"; and {len(differences) - 4} more" if len(differences) > 4 else ""
+        )
+        raise UserError(
+            f"run directory {run_dir} holds a run with other settings ({shown}): continue it with its own "
+            f"settings (mamlrun resume {run_dir}), or choose another hydra.run.dir"
+        )
+
+
+def finished_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> float | None:
     """A run whose last.pt reached meta_iterations and whose meta-test wrote eval.json is done:
     say so and return its result, instead of repeating the meta-test (None: not finished)."""
-    last, results = ckpt.checkpoint_dir(run_dir) / ckpt.LAST, run_dir / EVAL_JSON
-    if not (cfg.checkpoint.resume and last.is_file() and results.is_file()):
-        return None
-    state = ckpt.load_checkpoint(last)
-    if int(state["iteration"]) < int(cfg.meta_iterations):
+    results = run_dir / EVAL_JSON
+    if int(state["iteration"]) < int(cfg.meta_iterations) or not results.is_file():
         return None
     headline = json.loads(results.read_text(encoding="utf-8")).get("headline")
     log.info(
@@ -70,13 +107,20 @@ def finished_run(cfg: DictConfig, run_dir: Path) -> float | None:
     return float("nan") if headline is None else float(headline)
 
 
-def train_locked(recipe: Recipe, cfg: DictConfig, run_dir: Path) -> float:
-    """`train` once the run directory is ours."""
+def train_locked(
+    recipe: Recipe,
+    cfg: DictConfig,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    on_accept: Callable[[], None],
+) -> float:
+    """`train` once the run directory is ours and the command is a valid start or continuation."""
     parts = recipe.build(cfg)
     tracker: Tracker | None = None
     exit_code = 1
     try:
-        start, best = resume(parts, cfg, run_dir)
+        start, best = resume(parts, run_dir, state)
+        on_accept()
         tracker = Tracker.for_run(cfg, run_dir, start)
         log.info(
             "%s (%s) | %s | %d iterations | device %s",
@@ -109,17 +153,17 @@ def train_locked(recipe: Recipe, cfg: DictConfig, run_dir: Path) -> float:
     return float(best["metric"]) if best["iteration"] >= 0 else outcome.headline
 
 
-def resume(parts: Parts, cfg: DictConfig, run_dir: Path) -> tuple[int, dict[str, float]]:
-    """Continue from checkpoints/last.pt when there is one (and checkpoint.resume): (start, best)."""
+def resume(parts: Parts, run_dir: Path, state: dict[str, Any] | None) -> tuple[int, dict[str, float]]:
+    """Restore `state` (last.pt) into the parts, if any: (start iteration, best validation so far).
+    Temporary files of checkpoint writes that were killed are removed first."""
     folder = ckpt.checkpoint_dir(run_dir)
+    if state is not None:
+        parts.load_state_dict(state, folder / ckpt.LAST)
     for stale in ckpt.remove_partial_writes(folder):
         log.info("removed %s, left by a checkpoint write that was killed", stale)
-    last = folder / ckpt.LAST
-    if not (cfg.checkpoint.resume and last.is_file()):
+    if state is None:
         return 0, {"metric": float("nan"), "iteration": -1}
-    state = ckpt.load_checkpoint(last, map_location=parts.device)
-    parts.load_state_dict(state, last)
-    log.info("resuming from %s at iteration %d", last, int(state["iteration"]))
+    log.info("resuming from %s at iteration %d", folder / ckpt.LAST, int(state["iteration"]))
     return int(state["iteration"]), dict(state["best"])
 
 

@@ -1,0 +1,61 @@
+"""What a command writes into a run directory before the run is accepted: nothing.
+
+Hydra writes `.hydra/` and starts the run's log file before the task function runs, so a rejected
+command (a bad value, a second process, a checkpoint with other settings) would rewrite an existing
+run's record. mamlrun turns Hydra's `.hydra/` off (`hydra.output_subdir: null`) and writes the same
+three files itself once the run is accepted, and holds the log file's records until then: a
+rejected command leaves an existing run directory byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from logging.handlers import BufferingHandler
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+HYDRA_DIR = ".hydra"
+
+
+def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """`.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml`, as Hydra itself writes them."""
+    folder = Path(run_dir) / HYDRA_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+    (folder / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}), encoding="utf-8")
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task), encoding="utf-8")
+
+
+class HeldLogFile:
+    """Holds back the records meant for the log file(s) until `accept()`; on a rejection they are
+    dropped (the terminal still shows them: only file handlers are held)."""
+
+    def __init__(self) -> None:
+        self.root = logging.getLogger()
+        self.files = [h for h in self.root.handlers if isinstance(h, logging.FileHandler)]
+        self.buffer = BufferingHandler(capacity=1_000_000)
+        self.accepted = False
+        for handler in self.files:
+            self.root.removeHandler(handler)
+        if self.files:
+            self.buffer.setLevel(min(h.level for h in self.files))
+            self.root.addHandler(self.buffer)
+
+    def accept(self) -> None:
+        """The run is accepted: write what was held, and log to the file(s) from now on."""
+        if self.accepted:
+            return
+        self.accepted = True
+        self.root.removeHandler(self.buffer)
+        for handler in self.files:
+            self.root.addHandler(handler)
+            for record in self.buffer.buffer:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        self.buffer.buffer.clear()
+
+    def release(self) -> None:
+        """Stop holding (the command ends): held records of a rejected run are dropped."""
+        self.root.removeHandler(self.buffer)
+        self.buffer.buffer.clear()
