@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from mamlrun.build import build_alpha, build_model, build_optimizer, build_tasks, construct
 from mamlrun.cli import describe_options
+from mamlrun.runtime import checkpoint as ckpt
 from tests.conftest import CONF_DIR, compose_config, meta_test_results, run_cli
 
 GROUPS = describe_options(CONF_DIR)
@@ -159,6 +160,17 @@ def test_optuna_sweep_runs_and_sees_the_returned_metric(tmp_path):
     best = OmegaConf.load(sweep / "optimization_results.yaml")
     assert best.name == "optuna" and set(best.best_params) == {"alpha.value", "optimizer.lr"}
     assert best.best_value > 0  # the validation MSE that train() returned
+
+    # `mamlrun resume` of one trial continues that trial alone: no new sweep, its own sampled values
+    trial = sweep / "0"
+    assert "hparams_search=sinusoid_optuna" in (trial / ".hydra" / "overrides.yaml").read_text()
+    alpha = OmegaConf.load(trial / ".hydra" / "config.yaml").alpha.value
+    proc = run_cli("resume", str(trial), "meta_iterations=6", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ckpt.load_checkpoint(trial / "checkpoints" / "last.pt")["iteration"] == 6
+    assert OmegaConf.load(trial / ".hydra" / "config.yaml").alpha.value == alpha
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no new trials
+    assert not (tmp_path / "multirun").exists()
 
 
 @pytest.mark.slow

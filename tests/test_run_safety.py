@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from mamlrun.run import train_in
 from mamlrun.runtime import checkpoint as ckpt
@@ -88,30 +87,6 @@ def test_dash_h_is_help(tmp_path):
     assert "train" in proc.stdout and "resume" in proc.stdout and "Usage" in proc.stdout
 
 
-def test_resuming_an_optuna_trial_resumes_that_trial_only(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_cli(
-        "train",
-        "-m",
-        "hparams_search=sinusoid_optuna",
-        "debug=smoke",
-        "hydra.sweeper.n_trials=1",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    trial = sweep / "0"
-    replayed = (trial / ".hydra" / "overrides.yaml").read_text()
-    assert "hparams_search=sinusoid_optuna" in replayed  # what resume must not start again
-    alpha = OmegaConf.load(trial / ".hydra" / "config.yaml").alpha.value
-    proc = run_cli("resume", str(trial), "meta_iterations=6", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert ckpt.load_checkpoint(trial / "checkpoints" / "last.pt")["iteration"] == 6
-    assert OmegaConf.load(trial / ".hydra" / "config.yaml").alpha.value == alpha  # the trial's own value
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]  # no new trials
-    assert not (tmp_path / "multirun").exists()
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A finished smoke run, made by the real CLI (so it has Hydra's .hydra/ record and log file)."""
@@ -127,8 +102,14 @@ def finished_run(tmp_path_factory) -> Path:
         (["seed=5"], "holds a run with other settings (seed=0 in the checkpoint, 5 now)"),
         (["order=first"], "(order.first_order=False in the checkpoint, True now; order.name='second'"),
         (["optimizer=sgd"], "optimizer._target_='torch.optim.Adam' in the checkpoint, 'torch.optim.SGD' now"),
-        (["domain.tasks.amplitude=[5.0,1.0]"], "(domain.tasks.amplitude=[0.1, 5.0] in the checkpoint, [5.0, 1.0] now)"),
-        (["compile=maybe", "meta_iterations=6"], "compile='maybe' is invalid"),  # found while building the parts
+        (
+            ["domain.tasks.amplitude=[5.0,1.0]"],
+            "(domain.tasks.amplitude=[0.1, 5.0] in the checkpoint, [5.0, 1.0] now)",
+        ),
+        (
+            ["compile=maybe", "meta_iterations=6"],
+            "compile='maybe' is invalid",
+        ),  # found while building the parts
     ],
 )
 def test_a_rejected_command_leaves_an_existing_run_byte_identical(finished_run, overrides, message):
