@@ -99,4 +99,10 @@ def test_checkpoint_of_another_model_is_a_named_mismatch(tmp_path):
     run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
     proc = run_cli("train", *smoke_overrides(run_dir, "model.hidden=[8]", "meta_iterations=8"), cwd=tmp_path)
     assert proc.returncode == 2
+    # resuming: refused before loading, naming the setting that differs
+    assert "(model.hidden=[40, 40] in the checkpoint, [8] now)" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    # evaluating under another model: the checkpoint's tensors do not fit, named
+    proc = run_cli("eval", str(run_dir), "model.hidden=[8]", cwd=tmp_path)
+    assert proc.returncode == 2
     assert "does not fit the configured model" in proc.stderr and "Traceback" not in proc.stderr
