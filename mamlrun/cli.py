@@ -11,6 +11,7 @@ mamlrun version
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -142,11 +143,21 @@ def version() -> None:
     )
 
 
+def completion_line(line: str) -> str:
+    """Hydra completes `<app> <overrides>`: drop the `train` command from `mamlrun train dom...`."""
+    words = line.split(" ")
+    if len(words) > 1 and words[1] == "train":
+        return " ".join([words[0], *words[2:]])
+    return line
+
+
 def main() -> None:
     """Entry point: a first argument that is not a command means `train`."""
     argv = sys.argv[1:]
     if argv and argv[0] == "-h":  # the short form users try first
         argv = ["--help", *argv[1:]]
+    if "-sc" in argv and "COMP_LINE" in os.environ:  # Hydra's shell completion (`mamlrun -sc install=bash`)
+        os.environ["COMP_LINE"] = completion_line(os.environ["COMP_LINE"])
     if argv and argv[0] not in COMMANDS and argv[0] != "--help":
         argv = ["train", *argv]
     sys.argv = [sys.argv[0], *argv]

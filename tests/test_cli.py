@@ -150,3 +150,13 @@ def test_a_built_wheel_carries_the_whole_config_tree(tmp_path):
     shipped = {n.removeprefix("mamlrun/conf/") for n in names if n.startswith("mamlrun/conf/")}
     in_repo = {str(p.relative_to(repo / "conf")) for p in (repo / "conf").rglob("*.yaml")}
     assert in_repo and shipped == in_repo
+
+
+def test_tab_completion_after_train(tmp_path):
+    """Hydra's bash completion calls `mamlrun -sc query=bash` with the typed line in COMP_LINE."""
+    for line in ("mamlrun train dom", "mamlrun dom"):
+        proc = run_cli(
+            "-sc", "query=bash", cwd=tmp_path, env={"COMP_LINE": line, "COMP_POINT": str(len(line))}
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "domain=" in proc.stdout.split(), (line, proc.stdout)
