@@ -8,6 +8,7 @@ original one-line `UserError`, not wrapped in Hydra's instantiation traceback.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Iterable
 from typing import Any
@@ -94,6 +95,13 @@ def build_tasks(cfg: DictConfig) -> Any:
     return construct(cfg.domain.tasks, "domain.tasks")
 
 
+def check_learning_rate(cfg: DictConfig) -> None:
+    """optimizer.lr, where the optimizer has one, is a finite number > 0 (torch takes inf and 0)."""
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf):
+        raise ConfigError("optimizer.lr", lr, "the meta learning rate must be a finite number > 0")
+
+
 def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     factory = construct(cfg.optimizer, "optimizer")
     if not callable(factory):
@@ -101,6 +109,7 @@ def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> torch.op
             f"optimizer._target_={cfg.optimizer._target_} is the meta-RL outer step (optimizer=trpo); "
             f"domain {cfg.domain.name} takes a torch optimizer: optimizer=adam or optimizer=sgd"
         )
+    check_learning_rate(cfg)
     try:
         return factory(params=list(params))
     except (ValueError, TypeError) as exc:

@@ -10,6 +10,7 @@ parameters), so the functional core can differentiate through it with `torch.fun
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -21,8 +22,8 @@ Rates = dict[str, Tensor | float]
 
 
 def _check_positive(key: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:  # also rejects NaN
-        raise ConfigError(key, value, "the inner step size must be a number > 0")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:  # NaN too
+        raise ConfigError(key, value, "the inner step size must be a finite number > 0")
     return float(value)
 
 

@@ -17,7 +17,14 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from mamlrun.build import build_alpha, build_model, construct, resolve_device, restore_optimizer
+from mamlrun.build import (
+    build_alpha,
+    build_model,
+    check_learning_rate,
+    construct,
+    resolve_device,
+    restore_optimizer,
+)
 from mamlrun.domains.rl.base import TaskFamily
 from mamlrun.domains.rl.sampler import Episodes, EpisodeSampler
 from mamlrun.maml import AlphaSchedule, inner_step
@@ -163,6 +170,7 @@ def build(cfg: DictConfig) -> RLParts:
     check_policy(cfg, policy, family, device)
     outer = construct(cfg.optimizer, "optimizer")
     if not isinstance(outer, TRPO):  # a torch optimizer factory (_partial_: true)
+        check_learning_rate(cfg)
         outer = outer(params=[p for m in (policy, alpha) for p in m.parameters()])
     sampler = EpisodeSampler(family, policy, int(cfg.domain.rollouts), device)
     return RLParts(cfg, device, family, policy, alpha, sampler, outer, RNGs.from_seed(int(cfg.seed), device))
