@@ -7,14 +7,14 @@ metrics` (one meta-iteration: the algorithm and nothing else), `validate(parts) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from mamlrun.evaluation import MetaTestOutcome
 
@@ -62,6 +62,11 @@ class Parts(Protocol):
     def close(self) -> None:
         """Release what the parts hold (environments); called once, also on error."""
         ...
+
+
+def all_finite(modules: Iterable[nn.Module]) -> bool:
+    """Whether every parameter of `modules` is finite: what each kind's `Parts.all_finite` checks."""
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from mamlrun.models.policy import gaussian_log_prob
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import UserError, require_int
 from mamlrun.runtime.seeding import seed_everything
+from mamlrun.trainers.recipe import all_finite
 from mamlrun.trainers.rl.baseline import advantages
 from mamlrun.trainers.rl.trpo import TRPO
 
@@ -143,7 +144,7 @@ class RLParts:
         ckpt.load_state_strict(self.alpha, state["alpha"], "alpha schedule", path)
 
     def all_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for m in self.modules() for p in m.parameters())
+        return all_finite(self.modules())
 
     def describe(self) -> str:
         cfg = self.cfg

@@ -33,6 +33,7 @@ from mamlrun.maml import AlphaSchedule, MetaObjective
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import ConfigError, UserError, require_int
 from mamlrun.runtime.seeding import generator, seed_everything
+from mamlrun.trainers.recipe import all_finite
 
 
 def accuracy_percent(out: Tensor, y: Tensor) -> Tensor:
@@ -143,7 +144,7 @@ class SupervisedParts:
         ckpt.load_state_strict(self.alpha, state["alpha"], "alpha schedule", path)
 
     def all_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for m in self.modules() for p in m.parameters())
+        return all_finite(self.modules())
 
     def describe(self) -> str:
         cfg = self.cfg
