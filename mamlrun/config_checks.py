@@ -74,6 +74,24 @@ MAY_CHANGE_ON_RESUME = (
 )
 
 
+# Settings `mamlrun eval` may override: the meta-test protocol, where it runs and logs, the data's
+# location, and a fixed test-time step size. The rest (domain, model, ways, learned alphas) comes
+# from the checkpoint, where an override could not take effect.
+MAY_CHANGE_ON_EVAL = (
+    "eval",
+    "logger",
+    "device",
+    "compile",
+    "chunk_size",
+    "progress",
+    "alpha.value",
+    "alpha.values",
+    "domain.tasks.root",
+    "domain.tasks.download",
+    "domain.tasks.cache_dir",
+)
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
     if not isinstance(tree, dict):
@@ -84,18 +102,45 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    """`key` is one of `prefixes` or below one (a prefix ending in "_" matches any key it starts)."""
+    return any(key == p or key.startswith(p if p.endswith("_") else p + ".") for p in prefixes)
+
+
 def may_change_on_resume(key: str) -> bool:
-    return any(key == p or key.startswith(p if p.endswith("_") else p + ".") for p in MAY_CHANGE_ON_RESUME)
+    return matches(key, MAY_CHANGE_ON_RESUME)
 
 
-def run_defining_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The run-defining settings whose values differ between a checkpoint's config and this one."""
+def may_change_on_eval(key: str) -> bool:
+    return matches(key, MAY_CHANGE_ON_EVAL)
+
+
+# Differences named first: what tells a user at once that two runs are not the same experiment.
+MOST_TELLING = ("domain.name", "domain.kind", "seed", "model._target_", "order", "alpha._target_")
+
+
+def run_defining_differences(saved: dict[str, Any], now: dict[str, Any], now_label: str = "now") -> list[str]:
+    """The run-defining settings whose values differ between a checkpoint's config and this one,
+    the most telling first (the domain, the seed, the model), then alphabetically."""
     old, new = flatten(saved), flatten(now)
-    differences = []
-    for key in sorted(set(old) | set(new)):
-        if may_change_on_resume(key) or old.get(key, "<absent>") == new.get(key, "<absent>"):
-            continue
-        differences.append(
-            f"{key}={old.get(key, '<absent>')!r} in the checkpoint, {new.get(key, '<absent>')!r} now"
+    keys = [
+        key
+        for key in set(old) | set(new)
+        if not may_change_on_resume(key) and old.get(key, "<absent>") != new.get(key, "<absent>")
+    ]
+    keys.sort(
+        key=lambda k: (
+            next((i for i, p in enumerate(MOST_TELLING) if matches(k, (p,))), len(MOST_TELLING)),
+            k,
         )
-    return differences
+    )
+    return [
+        f"{key}={old.get(key, '<absent>')!r} in the checkpoint, {new.get(key, '<absent>')!r} {now_label}"
+        for key in keys
+    ]
+
+
+def describe_differences(differences: list[str], shown: int = 4) -> str:
+    """The first `shown` differences, and how many more there are: one readable line."""
+    more = len(differences) - shown
+    return "; ".join(differences[:shown]) + (f"; and {more} more" if more > 0 else "")

@@ -28,6 +28,7 @@ from mamlrun.runtime.tracking import Tracker
 log = logging.getLogger(__name__)
 
 EVAL_JSON = "eval.json"
+TABLE_TXT = "table.txt"  # the meta-test table as the log shows it
 CURVE_PNG = "meta_test.png"
 
 
@@ -190,7 +191,7 @@ def report(
     log_step: int,
     log_table: bool = True,
 ) -> None:
-    """Write the meta-test everywhere: log table, eval.json, figures, W&B metrics and summary.
+    """Write the meta-test everywhere: log table, eval.json, table.txt, figures, W&B metrics and summary.
 
     `source` says where the numbers came from (checkpoint, iteration, domain, eval_seed) and goes
     into eval.json, with `headline` (what a sweep optimises); `log_step` is the W&B step (W&B drops
@@ -207,6 +208,7 @@ def report(
         table,
     )
     write_eval_json(out_dir / EVAL_JSON, results, **source, unit=spec.unit or None, headline=outcome.headline)
+    (out_dir / TABLE_TXT).write_text(format_table(results, spec) + "\n", encoding="utf-8")
     curve = curve_figure(results, out_dir / CURVE_PNG, outcome.title, spec.axis_label, spec.curve)
     figures = {"eval/curve": curve, **outcome.figures}
     if tracker is not None:

@@ -9,23 +9,40 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mamlrun.config_checks import check_run
+from mamlrun.config_checks import (
+    MAY_CHANGE_ON_EVAL,
+    check_run,
+    describe_differences,
+    may_change_on_eval,
+    run_defining_differences,
+)
 from mamlrun.runtime import checkpoint as ckpt
-from mamlrun.runtime.errors import Interrupted, UserError
+from mamlrun.runtime.errors import CheckpointError, Interrupted, UserError
 from mamlrun.runtime.malloc import tune_malloc
-from mamlrun.runtime.run_record import HeldLogFile, write_hydra_files
+from mamlrun.runtime.run_record import (
+    HYDRA_DIR,
+    LOG_FORMAT,
+    HeldLogFile,
+    log_file,
+    new_eval_dir,
+    remove_eval_dir,
+    write_hydra_files,
+)
+from mamlrun.runtime.tracking import eval_wandb_settings
 from mamlrun.trainers import loop
 from mamlrun.trainers.recipe import Recipe
 from mamlrun.trainers.rl import RL_RECIPE
 from mamlrun.trainers.supervised import CLASSIFICATION_RECIPE, REGRESSION_RECIPE
 
 log = logging.getLogger("mamlrun")
+MISSING_KEY = object()
 
 RECIPES: dict[str, Recipe] = {
     "regression": REGRESSION_RECIPE,
@@ -92,24 +109,58 @@ def train_in(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
-    """Re-run the meta-test protocol on a checkpoint (or a run dir), with optional overrides."""
+    """`mamlrun eval`: re-run the meta-test protocol on a checkpoint (or a run dir's best/last.pt),
+    with overrides of the protocol, into a new `RUN/eval/<date>_<time>/`; returns the headline.
+
+    Nothing is created until the checkpoint, the run it sits in and the overrides are accepted, and
+    an evaluation that fails removes its folder: the run directory is left as it was.
+    """
     tune_malloc()
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    out_dir: Path | None = None
     try:
         path = ckpt.find_checkpoint(Path(target))
         state = ckpt.load_checkpoint(path)
         cfg = OmegaConf.create(state["config"])
         upgrade_config(cfg)
         OmegaConf.set_struct(cfg, True)
-        apply_overrides(cfg, overrides)
-        recipe = recipe_for(cfg)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        return loop.evaluate(recipe, cfg, path, run_dir).headline
-    except UserError as exc:
+        check_checkpoint_fits_run(cfg, path, run_dir)
+        apply_overrides(cfg, overrides, may_change_on_eval, "mamlrun eval")
+        recipe = recipe_for(cfg)
+        out_dir = new_eval_dir(run_dir)
+        with log_file(out_dir / "eval.log"):
+            wandb = eval_wandb_settings(cfg, run_dir, out_dir.name)
+            headline = loop.evaluate(recipe, cfg, path, out_dir, wandb).headline
+        log.info("results in %s", out_dir)
+        return headline
+    except (UserError, OmegaConfBaseException) as exc:
+        if out_dir is not None:
+            remove_eval_dir(out_dir)
+        if isinstance(exc, OmegaConfBaseException):  # e.g. a key the checkpoint's config lacks
+            exc = UserError(f"config: {str(exc).strip().splitlines()[0]}")
         report_and_exit(exc)
-    except OmegaConfBaseException as exc:  # e.g. a key the checkpoint's config lacks
-        report_and_exit(UserError(f"config: {str(exc).strip().splitlines()[0]}"))
     raise AssertionError("unreachable")
+
+
+def check_checkpoint_fits_run(cfg: DictConfig, path: Path, run_dir: Path) -> None:
+    """A checkpoint inside a run directory must have been written under that run's settings
+    (`.hydra/config.yaml`): a checkpoint of another domain or model placed there is refused."""
+    record = run_dir / HYDRA_DIR / "config.yaml"
+    if not record.is_file():
+        return
+    run_cfg = OmegaConf.load(record)
+    try:
+        run_settings = OmegaConf.to_container(run_cfg, resolve=True)
+    except OmegaConfBaseException:  # an interpolation only Hydra resolves: compare as written
+        run_settings = OmegaConf.to_container(run_cfg)
+    checkpoint_settings = OmegaConf.to_container(cfg, resolve=True)
+    differences = run_defining_differences(checkpoint_settings, run_settings, now_label=f"in {record}")
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the run in {run_dir} ({describe_differences(differences, 2)}): "
+            "evaluate the run's own checkpoints, or move this one out of the run"
+        )
 
 
 def upgrade_config(cfg: DictConfig) -> None:
@@ -119,8 +170,15 @@ def upgrade_config(cfg: DictConfig) -> None:
         cfg.eval.episodes = cfg.domain.rollouts
 
 
-def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
-    """Apply `key=value` / `+key=value` overrides with Hydra's own parser (same value syntax)."""
+def apply_overrides(
+    cfg: DictConfig,
+    overrides: list[str],
+    may_change: Callable[[str], bool] | None = None,
+    command: str = "",
+) -> None:
+    """Apply `key=value` overrides with Hydra's own parser (same value syntax). A key the config
+    lacks is refused (nothing would read it), and so is one `may_change` refuses (it could not take
+    effect in `command`) and a key given twice."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -128,15 +186,21 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
         raise UserError(f"bad override: {str(exc).splitlines()[0]}") from None
+    seen: set[str] = set()
     for override in parsed:
         key = override.key_or_group
-        if override.is_delete() or override.is_sweep_override():
-            raise UserError(
-                f"override {override.input_line!r}: only key=value and +key=value are allowed here"
-            )
-        exists = OmegaConf.select(cfg, key, default="<missing>") != "<missing>"
-        if not exists and not override.is_add():
+        if override.is_delete() or override.is_sweep_override() or override.is_add():
+            raise UserError(f"override {override.input_line!r}: only key=value is allowed here")
+        if key in seen:
+            raise UserError(f"override {override.input_line!r}: {key} is given twice; give it once")
+        seen.add(key)
+        if OmegaConf.select(cfg, key, default=MISSING_KEY) is MISSING_KEY:
             raise UserError(
                 f"override {override.input_line!r}: no setting named {key!r} in this run's config"
             )
-        OmegaConf.update(cfg, key, override.value(), force_add=override.is_add())
+        if may_change is not None and not may_change(key):
+            raise UserError(
+                f"override {override.input_line!r} cannot take effect in {command}: the checkpoint fixes it; "
+                f"valid keys: {', '.join(MAY_CHANGE_ON_EVAL)} (and the keys under them)"
+            )
+        OmegaConf.update(cfg, key, override.value())

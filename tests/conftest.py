@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -80,6 +81,22 @@ def run_cli(
 def meta_test_results(run_dir: Path) -> list[dict]:
     """The `results` of a run's eval.json: one entry per K (supervised) or the return curve (RL)."""
     return json.loads((run_dir / "eval.json").read_text())["results"]
+
+
+def latest_eval(run_dir: Path) -> Path:
+    """The folder the latest `mamlrun eval` of `run_dir` wrote (RUN/eval/<date>_<time>)."""
+    folders = sorted((Path(run_dir) / "eval").iterdir())
+    assert folders, f"no evaluation under {run_dir / 'eval'}"
+    return folders[-1]
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file below `folder`, by relative path (a run directory left alone keeps them)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def smoke_overrides(run_dir: Path, *extra: str) -> list[str]:

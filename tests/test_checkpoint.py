@@ -102,7 +102,8 @@ def test_checkpoint_of_another_model_is_a_named_mismatch(tmp_path):
     # resuming: refused before loading, naming the setting that differs
     assert "(model.hidden=[40, 40] in the checkpoint, [8] now)" in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr
-    # evaluating under another model: the checkpoint's tensors do not fit, named
+    # evaluating under another model: the model comes from the checkpoint, so the override is refused
     proc = run_cli("eval", str(run_dir), "model.hidden=[8]", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "does not fit the configured model" in proc.stderr and "Traceback" not in proc.stderr
+    assert "'model.hidden=[8]' cannot take effect in mamlrun eval" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and not (run_dir / "eval").exists()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import meta_test_results, run_cli, smoke_overrides
+from tests.conftest import latest_eval, meta_test_results, run_cli, smoke_overrides
 
 BAD_SETTINGS = [
     ("domain.shots=0", "domain.shots=0 is invalid"),
@@ -44,12 +44,12 @@ def test_eval_reruns_the_protocol_with_overrides(tmp_path):
     first = json.loads((run_dir / "eval.json").read_text())
     proc = run_cli("eval", str(run_dir), "eval.tasks=12", "eval.shots=[5]", "eval.steps=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    again = json.loads((run_dir / "eval.json").read_text())
+    again = json.loads((latest_eval(run_dir) / "eval.json").read_text())
     assert [(r["shots"], r["num_tasks"], len(r["steps"])) for r in again["results"]] == [(5, 12, 4)]
     assert again["checkpoint"] == first["checkpoint"]
     # the same checkpoint and the same seeded tasks give the same numbers as the end of training
     proc = run_cli("eval", str(run_dir / "checkpoints" / "best.pt"), cwd=tmp_path, check=True)
-    assert meta_test_results(run_dir) == first["results"]
+    assert meta_test_results(latest_eval(run_dir)) == first["results"]
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_diverging_adaptation_is_reported_not_hidden(tmp_path):
     run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
     proc = run_cli("eval", str(run_dir), "alpha.value=1e6", "eval.steps=6", "eval.shots=[5]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    result = meta_test_results(run_dir)[0]
+    result = meta_test_results(latest_eval(run_dir))[0]
     assert result["diverged_tasks"] == result["num_tasks"] == 8
     assert result["mean"][-1] is None and result["mean"][0] is not None
     assert "adaptation diverged (NaN/inf) on 8 of 8 tasks" in proc.stderr + proc.stdout

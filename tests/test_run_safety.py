@@ -3,7 +3,6 @@ run left alone, a new learning rate honoured on resume, and a stop message that 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -14,16 +13,7 @@ import torch
 from mamlrun.run import train_in
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.lock import RunLock
-from tests.conftest import run_cli, smoke_overrides
-
-
-def file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file below `folder`, by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+from tests.conftest import file_hashes, run_cli, smoke_overrides
 
 
 def test_a_second_process_in_a_run_directory_is_refused_naming_the_holder(tmp_path):

@@ -9,13 +9,18 @@ rejected command leaves an existing run directory byte for byte as it was.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+from collections.abc import Iterator
+from datetime import datetime
 from logging.handlers import BufferingHandler
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 HYDRA_DIR = ".hydra"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging format
 
 
 def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
@@ -59,3 +64,43 @@ class HeldLogFile:
         """Stop holding (the command ends): held records of a rejected run are dropped."""
         self.root.removeHandler(self.buffer)
         self.buffer.buffer.clear()
+
+
+EVAL_DIR = "eval"
+
+
+def new_eval_dir(run_dir: Path, now: datetime | None = None) -> Path:
+    """A fresh `RUN/eval/<date>_<time>/` for one `mamlrun eval` (a suffix when two start in one second):
+    each evaluation keeps its own results and leaves the training run's eval.json and figures alone."""
+    stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
+    parent = Path(run_dir) / EVAL_DIR
+    parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ["", *(f"_{n}" for n in range(1, 1000))]:
+        folder = parent / f"{stamp}{suffix}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent / stamp}: a thousand evaluations started in one second")
+
+
+def remove_eval_dir(folder: Path) -> None:
+    """Remove the folder of an evaluation that failed (and `eval/` when it is left empty)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # only when empty
+
+
+@contextlib.contextmanager
+def log_file(path: Path) -> Iterator[None]:
+    """Send the root logger's records to `path` too, while the block runs (an evaluation's log)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()

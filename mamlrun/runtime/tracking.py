@@ -74,12 +74,9 @@ class Tracker:
     def _start_wandb(self, config: Mapping[str, Any], settings: dict[str, Any]) -> None:
         id_file, identity_file = self.run_dir / RUN_ID_FILE, self.run_dir / IDENTITY_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else None
-        if run_id and identity_file.is_file():  # a resumed run keeps its group and name
-            try:
-                kept = json.loads(identity_file.read_text(encoding="utf-8"))
-                settings |= {k: kept[k] for k in ("group", "name") if kept.get(k)}
-            except (json.JSONDecodeError, TypeError):
-                log.warning("ignoring %s: not the JSON mamlrun writes", identity_file)
+        if run_id:  # a resumed run keeps its group and name
+            kept = read_identity(self.run_dir)
+            settings |= {k: kept[k] for k in ("group", "name") if kept.get(k)}
         try:
             import wandb
 
@@ -151,6 +148,34 @@ class Tracker:
             self._jsonl.close()
         self._wandb_call("finish", lambda: self.wandb_run.finish(exit_code=exit_code))
         self.wandb_run = None
+
+
+def read_identity(run_dir: Path) -> dict[str, Any]:
+    """The W&B id, group and name a run directory's training run had ({} when it had none)."""
+    path = Path(run_dir) / IDENTITY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        return kept if isinstance(kept, dict) else {}
+    except (json.JSONDecodeError, OSError):
+        log.warning("ignoring %s: not the JSON mamlrun writes", path)
+        return {}
+
+
+def eval_wandb_settings(cfg: Any, run_dir: Path, eval_name: str) -> dict[str, Any] | None:
+    """`wandb_settings` for a `mamlrun eval` of the run in `run_dir`: its own W&B run (job type
+    eval) in the training run's group (its name when it had no group), named after both."""
+    settings = wandb_settings(cfg)
+    if settings is None:
+        return None
+    kept = read_identity(run_dir)
+    train_name = kept.get("name") or kept.get("id") or Path(run_dir).name
+    return settings | {
+        "job_type": "eval",
+        "group": kept.get("group") or train_name,
+        "name": f"{train_name}-eval-{eval_name}",
+    }
 
 
 def wandb_settings(cfg: Any) -> dict[str, Any] | None:

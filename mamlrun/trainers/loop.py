@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mamlrun.config_checks import run_defining_differences
+from mamlrun.config_checks import describe_differences, run_defining_differences
 from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, format_table, report
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import Interrupted, StepFailed, TrainingDiverged, UserError
@@ -76,11 +76,9 @@ def check_same_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> Non
     saved = OmegaConf.to_container(OmegaConf.create(state["config"]))
     differences = run_defining_differences(saved, OmegaConf.to_container(cfg, resolve=True))
     if differences:
-        shown = "; ".join(differences[:4]) + (
-            f"; and {len(differences) - 4} more" if len(differences) > 4 else ""
-        )
         raise UserError(
-            f"run directory {run_dir} holds a run with other settings ({shown}): continue it with its own "
+            f"run directory {run_dir} holds a run with other settings ({describe_differences(differences)}): "
+            "continue it with its own "
             f"settings (mamlrun resume {run_dir}), or choose another hydra.run.dir"
         )
 
@@ -287,15 +285,32 @@ def meta_test(
     return outcome
 
 
-def evaluate(recipe: Recipe, cfg: DictConfig, checkpoint: Path, run_dir: Path) -> MetaTestOutcome:
-    """`mamlrun eval`: the meta-test alone on `checkpoint`, reported into `run_dir` (W&B off)."""
+def evaluate(
+    recipe: Recipe,
+    cfg: DictConfig,
+    checkpoint: Path,
+    out_dir: Path,
+    wandb: dict[str, Any] | None,
+) -> MetaTestOutcome:
+    """`mamlrun eval`: the meta-test alone on `checkpoint`, reported into its own `out_dir` (and its
+    own W&B run, `wandb` settings; None: off), never into the training run's files."""
     parts = recipe.build(cfg)
-    tracker = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), None)
+    log.info("evaluating %s into %s", checkpoint, out_dir)
+    tracker = Tracker(out_dir, OmegaConf.to_container(cfg, resolve=True), wandb)
+    exit_code, wandb_on = 1, tracker.wandb_run is not None
     try:
-        return meta_test(recipe, parts, cfg, run_dir, tracker, checkpoint=checkpoint)
+        outcome = meta_test(
+            recipe, parts, cfg, out_dir, tracker, checkpoint=checkpoint, log_table=not wandb_on
+        )
+        exit_code = 0
     finally:
         parts.close()
-        tracker.finish()
+        tracker.finish(exit_code)
+    if wandb_on:
+        log.info(
+            "meta-test (also in %s)\n%s", out_dir / EVAL_JSON, format_table(outcome.results, outcome.spec)
+        )
+    return outcome
 
 
 def check_finite(values: Metrics, step: int, folder: Path) -> None:
