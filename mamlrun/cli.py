@@ -14,10 +14,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import yaml
+
+# click's usage errors, raised when standalone_mode is off so that mamlrun reports them in one line
+# (typer >= 0.22 vendors click as typer._click; older typer uses click itself).
+try:
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 # conf/ sits at the top of the repository; mamlrun/conf links to it so that wheels carry it too.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -36,17 +43,45 @@ app = typer.Typer(
 )
 
 
+def fail(message: object) -> NoReturn:
+    """The one-line error every refused command ends with (exit code 2)."""
+    typer.echo(f"mamlrun: error: {message}", err=True)
+    raise SystemExit(2)
+
+
 def run_hydra(args: list[str]) -> None:
-    """Run `mamlrun.run.train` as a Hydra app with `args` as its command line."""
+    """Run `mamlrun.run.train` as a Hydra app with `args` as its command line (options and
+    overrides in any order). Bad overrides, user YAML and Hydra's own errors end in one line."""
     import hydra
 
-    from mamlrun.run import train as train_task
+    from mamlrun import hydra_cli
+    from mamlrun.task import train as train_task
 
     if not (CONF_DIR / "config.yaml").is_file():
-        typer.echo(f"mamlrun: error: config directory not found: {CONF_DIR}", err=True)
-        raise SystemExit(2)
-    sys.argv = ["mamlrun", *args]
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train_task)()
+        fail(f"config directory not found: {CONF_DIR}")
+    options, overrides = hydra_cli.split_arguments(args)
+    try:
+        hydra_cli.parse_strictly([*options, *overrides])
+        config_dir = hydra_cli.option_value(options, "--config-dir", "-cd")
+        user_dirs = [Path(config_dir)] if config_dir and Path(config_dir).is_dir() else []
+        user_dirs += hydra_cli.search_path_folders(overrides)
+        hydra_cli.check_user_yaml(user_dirs)
+        hydra_cli.check_overrides(overrides, [CONF_DIR, *user_dirs])
+    except hydra_cli.HydraArgumentError as exc:
+        fail(exc)
+    sys.argv = ["mamlrun", *options, *overrides]
+    user_wants_tracebacks = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we report
+    try:
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train_task)()
+    except Exception as exc:
+        line = None if user_wants_tracebacks else hydra_cli.hydra_error_line(exc, overrides)
+        if line is None:
+            raise
+        fail(line)
+    finally:
+        if not user_wants_tracebacks:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 @app.command(context_settings=PASS_THROUGH)
@@ -77,12 +112,20 @@ def resume(
     of a sweep resumes alone: the sweep's own settings are not replayed)."""
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
-        typer.echo(
-            f"mamlrun: error: {run_dir} is not a mamlrun run directory (no {overrides_file})", err=True
-        )
-        raise SystemExit(2)
-    overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not is_sweep_setting(o)]
-    run_hydra([*overrides, *ctx.args, f"hydra.run.dir={run_dir.resolve()}", "hydra.mode=RUN"])
+        fail(f"{run_dir} is not a mamlrun run directory (no {overrides_file})")
+    saved = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not is_sweep_setting(o)]
+    given = list(ctx.args)
+    run_hydra([*replaced_by(saved, given), *given, f"hydra.run.dir={run_dir.resolve()}", "hydra.mode=RUN"])
+
+
+def replaced_by(saved: list[str], given: list[str]) -> list[str]:
+    """The run's saved overrides without those whose key the resume command sets again."""
+
+    def key(override: str) -> str:
+        return override.lstrip("+~").split("=", 1)[0]
+
+    new_keys = {key(o) for o in given if not o.startswith("-")} | {"hydra.run.dir", "hydra.mode"}
+    return [o for o in saved if key(o) not in new_keys]
 
 
 def is_sweep_setting(override: str) -> bool:
@@ -159,9 +202,21 @@ def main() -> None:
     if "-sc" in argv and "COMP_LINE" in os.environ:  # Hydra's shell completion (`mamlrun -sc install=bash`)
         os.environ["COMP_LINE"] = completion_line(os.environ["COMP_LINE"])
     if argv and argv[0] not in COMMANDS and argv[0] != "--help":
+        if not argv[0].startswith("-") and "=" not in argv[0]:
+            fail(
+                f"unknown command {argv[0]!r}: choose {', '.join(COMMANDS)}, or give key=value overrides "
+                "(`mamlrun key=value` means `mamlrun train key=value`)"
+            )
         argv = ["train", *argv]
-    sys.argv = [sys.argv[0], *argv]
-    app()
+    try:
+        app(args=argv, prog_name="mamlrun", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # a bare `mamlrun`: the help, as --help shows it
+        typer.echo(exc.format_message())
+    except UsageError as exc:  # one line, not click's usage box
+        command = exc.ctx.command_path if exc.ctx is not None else "mamlrun"
+        fail(f"{exc.format_message()} (`{command} --help` shows the usage)")
+    except typer.Abort:
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mamlrun.runtime.errors import ConfigError, require_int
 
@@ -26,6 +26,8 @@ RUN_INTEGERS: dict[str, tuple[int, str, bool]] = {
     "eval.tasks": (1, "eval.tasks (meta-test tasks)", False),
     "eval.every": (0, "eval.every (iterations between validations, 0 = never)", False),
     "eval.val_tasks": (1, "eval.val_tasks (validation tasks)", False),
+    "eval.seed": (0, "eval.seed (seeds the meta-test tasks)", False),
+    "eval.val_seed": (0, "eval.val_seed (seeds the validation tasks)", False),
     "checkpoint.every": (0, "checkpoint.every (iterations between checkpoints, 0 = end only)", False),
 }
 
@@ -51,6 +53,27 @@ def check_run(cfg: DictConfig, kinds: tuple[str, ...]) -> None:
     check_integers(cfg, RUN_INTEGERS)
     if cfg.eval.use not in ("best", "last"):
         raise ConfigError("eval.use", cfg.eval.use, "choose best or last")
+    for key, meaning in RUN_BOOLEANS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(key, value, f"{meaning} is true or false")
+    if cfg.logger.get("wandb", False) and cfg.logger.get("mode") not in WANDB_MODES:
+        raise ConfigError(
+            "logger.mode",
+            cfg.logger.get("mode"),
+            f"choose {', '.join(WANDB_MODES)} (it defaults to the WANDB_MODE environment variable)",
+        )
+
+
+# key -> what it switches (absent keys are skipped: logger=none has no logger.wandb)
+RUN_BOOLEANS = {
+    "order.first_order": "order.first_order (FOMAML)",
+    "progress": "progress (the progress bar)",
+    "checkpoint.resume": "checkpoint.resume (continue from last.pt)",
+    "logger.wandb": "logger.wandb (log to W&B)",
+    "domain.tasks.download": "domain.tasks.download (fetch the dataset when it is missing)",
+}
+WANDB_MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb.init takes
 
 
 # Settings a resumed run may change (README: "Failure, resume and requeue"); every other setting

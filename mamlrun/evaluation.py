@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -162,7 +163,12 @@ def write_eval_json(path: Path, results: Sequence[CurveResult], **extra: Any) ->
         "results": [asdict(r) for r in results],
     }
     text = json.dumps(_finite_or_none(payload), indent=2, allow_nan=False)
-    Path(path).write_text(text + "\n", encoding="utf-8")
+    path = Path(path)
+    partial = path.with_name(
+        f".{path.name}.partial"
+    )  # atomic: a reader sees the old file or the whole new one
+    partial.write_text(text + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def wandb_metrics(results: Sequence[CurveResult], prefix: str = "eval") -> dict[str, float]:
@@ -207,7 +213,6 @@ def report(
         source.get("iteration"),
         table,
     )
-    write_eval_json(out_dir / EVAL_JSON, results, **source, unit=spec.unit or None, headline=outcome.headline)
     (out_dir / TABLE_TXT).write_text(format_table(results, spec) + "\n", encoding="utf-8")
     curve = curve_figure(results, out_dir / CURVE_PNG, outcome.title, spec.axis_label, spec.curve)
     figures = {"eval/curve": curve, **outcome.figures}
@@ -217,4 +222,6 @@ def report(
         tracker.summary(metrics)
         for key, path in figures.items():
             tracker.log_figure(key, path, step=log_step)
+    # last, and atomically: eval.json marks a finished run, so a run killed before it redoes the report
+    write_eval_json(out_dir / EVAL_JSON, results, **source, unit=spec.unit or None, headline=outcome.headline)
     log.info("wrote %s and figures %s", out_dir / EVAL_JSON, ", ".join(p.name for p in figures.values()))

@@ -182,6 +182,12 @@ def apply_overrides(
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    for given in overrides:
+        if given.startswith("-"):
+            raise UserError(
+                f"{given!r}: {command or 'this command'} takes key=value overrides only, no options "
+                "(Hydra's -m, --cfg and the like belong to `mamlrun train`)"
+            )
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:

@@ -42,6 +42,13 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk: torch reports a failed write as RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        reason = (
+            exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        )
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise CheckpointError(f"could not write checkpoint {path} ({reason}); {kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

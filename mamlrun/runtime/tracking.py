@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 RUN_ID_FILE = "wandb_run_id.txt"
 IDENTITY_FILE = "wandb_run.json"  # id, group and name: what a resumed run must keep
 METRICS_FILE = "metrics.jsonl"
+META_TEST_PREFIX = "eval/"  # meta-test records: a resumed run (not yet finished) redoes the meta-test
 
 
 def _plain(value: Any) -> Any:
@@ -38,7 +39,8 @@ class Tracker:
         wandb_settings: None to disable W&B, else keyword arguments for `wandb.init`
             (project, entity, group, tags, mode, name, job_type).
         resume_step: on resume, metric records after this step are dropped from metrics.jsonl
-            (they belong to iterations that will be redone).
+            (they belong to iterations that will be redone), and so are meta-test records (a run
+            that resumes has not finished: its meta-test runs again).
     """
 
     def __init__(
@@ -114,10 +116,12 @@ class Tracker:
         kept = []
         for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
             try:
-                if json.loads(line).get("step", -1) <= step:
-                    kept.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
+            meta_test = any(key.startswith(META_TEST_PREFIX) for key in record)
+            if record.get("step", -1) <= step and not meta_test:
+                kept.append(line)
         self.metrics_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:

@@ -89,7 +89,15 @@ def finished_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> float
     results = run_dir / EVAL_JSON
     if int(state["iteration"]) < int(cfg.meta_iterations) or not results.is_file():
         return None
-    headline = json.loads(results.read_text(encoding="utf-8")).get("headline")
+    try:
+        headline = json.loads(results.read_text(encoding="utf-8")).get("headline")
+    except (
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        AttributeError,
+    ):  # cut short by a kill: redo the meta-test
+        log.warning("%s is unreadable; the meta-test runs again", results)
+        return None
     log.info(
         "run %s is finished (iteration %d of %d): results in %s; `mamlrun eval %s` re-runs the meta-test, "
         "a larger meta_iterations continues training",
@@ -238,12 +246,13 @@ def run_iterations(
                     best = {"metric": value, "iteration": step}
                     save(ckpt.BEST, step)
 
-            if stop.requested or step == total or (ckpt_every and step % ckpt_every == 0):
+            stopping = stop.requested  # read once: a signal between two reads would stop without a save
+            if stopping or step == total or (ckpt_every and step % ckpt_every == 0):
                 save(ckpt.LAST, step)
-            if stop.requested:
+            if stopping:
                 raise Interrupted(
-                    stop.requested,
-                    f"stopped by signal {stop.requested} at iteration {step}; "
+                    stopping,
+                    f"stopped by signal {stopping} at iteration {step}; "
                     f"checkpoint saved to {folder / ckpt.LAST}; resume with: mamlrun resume {run_dir}",
                 )
     if start >= total:

@@ -35,7 +35,7 @@ class FewShotTasks:
     adaptation_figure = None  # the meta-test's accuracy curve says it all
 
     def __init__(self, data: ImageSet, splits: Mapping[str, Sequence[int]], ways: int, name: str) -> None:
-        require_int("domain.ways", ways, 1, "N (classes per task)")
+        require_int("domain.ways", ways, 2, "N (classes per task; one class leaves nothing to classify)")
         self.data, self.ways, self.name = data, ways, name
         self.splits = {split: list(ids) for split, ids in splits.items()}
         self.tables: dict[str, tuple[Tensor, Tensor]] = {

@@ -1,0 +1,258 @@
+"""Bad input, table-driven: every case is a real `mamlrun` command that must end with exit code 2
+and one line on stderr naming the bad value (and what is valid), print no traceback, and leave an
+existing finished run directory byte for byte as it was, also when the command points at it.
+
+Placeholders in a case's arguments: RUN is the finished run, TMP a folder holding a file, an empty
+folder, a config folder with a YAML syntax error and three broken checkpoints. No case needs the
+Omniglot images: data errors are caught before any image is read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from mamlrun.runtime import checkpoint as ckpt
+from tests.conftest import file_hashes, run_cli, smoke_overrides
+
+
+class Case(NamedTuple):
+    args: str  # the command line after `mamlrun`, with RUN and TMP placeholders
+    message: str  # what the one stderr line must contain (after "mamlrun: error: ")
+    env: dict[str, str] = {}  # noqa: RUF012 - read only
+
+
+SMOKE = "train debug=smoke"
+NAV = "train experiment=nav2d_smoke debug=smoke"
+OMNIGLOT = "train experiment=omniglot_minimal debug=smoke"
+GROUPS = ["domain", "model", "optimizer", "order", "alpha", "logger", "experiment", "hparams_search"]
+
+CASES: list[Case] = [
+    # ---- the command line and Hydra
+    Case("nonexistent_command", "unknown command 'nonexistent_command': choose train, eval, resume"),
+    *[
+        Case(f"{SMOKE} {group}=nope", f"{group}=nope: no such option in group {group}; valid: ")
+        for group in GROUPS
+    ],
+    Case(
+        f"{SMOKE} hydra/launcher=nope",
+        "hydra/launcher=nope: no such option in group hydra/launcher; valid: basic",
+    ),
+    Case(
+        f"{SMOKE} hydra/sweeper=nope",
+        "hydra/sweeper=nope: no such option in group hydra/sweeper; valid: basic",
+    ),
+    Case(
+        f"{SMOKE} meta_test=nope", "Could not override 'meta_test'. Did you mean to override meta_test@eval?"
+    ),
+    Case(f"{SMOKE} foo=1", "override 'foo=1': no setting named 'foo'; valid top-level keys: seed, device"),
+    Case(
+        f"{SMOKE} eval.taks=5",
+        "override 'eval.taks=5': no setting named 'eval.taks'; valid keys under eval: steps",
+    ),
+    Case(
+        f"{SMOKE} optimizer.betas=[2,0.9]", "no setting named 'optimizer.betas'; valid keys under optimizer: "
+    ),
+    Case(f"{SMOKE} +foo=1", "override '+foo=1': mamlrun reads no setting named 'foo'"),
+    Case(f"{SMOKE} seed=1 seed=2", "seed is given twice ('seed=1' and 'seed=2'): give it once"),
+    Case(f"{SMOKE} -m seed=1,2 --cfg hydra", "--multirun (-m) and --cfg hydra cannot be combined"),
+    Case(f"{SMOKE} --bogus", "unrecognized arguments: --bogus"),
+    Case(f"{SMOKE} seed=[1", "bad override: no viable alternative at input '[1'"),
+    Case(f"{SMOKE} --config-dir TMP/nowhere", "Additional config directory 'TMP/nowhere' not found"),
+    Case(
+        f"{SMOKE} --config-dir TMP/user_conf domain=bad",
+        "YAML syntax error in TMP/user_conf/domain/bad.yaml line 2",
+    ),
+    Case(
+        f"{SMOKE} hydra.searchpath=[file://TMP/user_conf] domain=bad",
+        "YAML syntax error in TMP/user_conf/domain/bad.yaml line 2",
+    ),
+    Case(f"{SMOKE} hydra.run.dir=TMP/a_file", "cannot write the run directory (File exists: TMP/a_file)"),
+    Case(
+        f"{SMOKE} hydra.run.dir=/sys/mamlrun_run", "cannot write the run directory (Operation not permitted"
+    ),
+    Case(
+        f"{SMOKE} -m hydra.sweep.dir=TMP/a_file seed=1",
+        "cannot write the run directory (File exists: TMP/a_file)",
+    ),
+    Case("configs extra", "Got unexpected extra argument(s) (extra)"),
+    Case("version --bogus", "No such option: --bogus"),
+    Case("eval", "Missing argument 'target'"),
+    # ---- run-level values
+    Case(f"{SMOKE} seed=-1", "seed=-1 is invalid: the seed must be an integer >= 0"),
+    Case(f"{SMOKE} seed=1.5", "seed=1.5 is invalid"),
+    Case(f"{SMOKE} seed=abc", "seed='abc' is invalid"),
+    Case(f"{SMOKE} meta_batch=0", "meta_batch=0 is invalid: the meta-batch (tasks per meta-update) must be"),
+    Case(f"{SMOKE} meta_batch=true", "meta_batch=True is invalid"),
+    Case(f"{SMOKE} meta_iterations=-1", "meta_iterations=-1 is invalid"),
+    Case(f"{SMOKE} inner_steps=-1", "inner_steps=-1 is invalid"),
+    Case(f"{SMOKE} chunk_size=0", "chunk_size=0 is invalid: chunk_size (tasks per vmapped chunk) must be"),
+    Case(f"{SMOKE} log_every=0", "log_every=0 is invalid"),
+    Case(f"{SMOKE} eval.steps=-1", "eval.steps=-1 is invalid"),
+    Case(f"{SMOKE} eval.tasks=0", "eval.tasks=0 is invalid"),
+    Case(f"{SMOKE} eval.every=-1", "eval.every=-1 is invalid"),
+    Case(f"{SMOKE} eval.val_tasks=0", "eval.val_tasks=0 is invalid"),
+    Case(f"{SMOKE} eval.seed=-1", "eval.seed=-1 is invalid"),
+    Case(f"{SMOKE} eval.use=worst", "eval.use='worst' is invalid: choose best or last"),
+    Case(f"{SMOKE} eval.query=0", "eval.query=0 is invalid"),
+    Case(f"{SMOKE} eval.shots=[5,0]", "eval.shots[1]=0 is invalid"),
+    Case(f"{SMOKE} checkpoint.every=-1", "checkpoint.every=-1 is invalid"),
+    Case(f"{SMOKE} checkpoint.resume=perhaps", "checkpoint.resume='perhaps' is invalid: "),
+    Case(f"{SMOKE} progress=2", "progress=2 is invalid: progress (the progress bar) is true or false"),
+    Case(f"{SMOKE} device=tpu", "device='tpu' is invalid: choose auto, cpu, cuda or cuda:N"),
+    Case(f"{SMOKE} compile=maybe", "compile='maybe' is invalid"),
+    # ---- every group's own values
+    Case(f"{SMOKE} model.hidden=[0]", "model.hidden[0]=0 is invalid: layer widths must be >= 1"),
+    Case(f"{SMOKE} model.activation=swish", "model.activation='swish' is invalid"),
+    Case(f"{SMOKE} model=conv4", "model: needs domain.in_channels, which this configuration lacks"),
+    Case(
+        f"{SMOKE} optimizer.lr=inf",
+        "optimizer.lr=inf is invalid: the meta learning rate must be a finite number > 0",
+    ),
+    Case(f"{SMOKE} optimizer.lr=0", "optimizer.lr=0 is invalid"),
+    Case(f"{SMOKE} optimizer=sgd optimizer.lr=-1", "optimizer.lr=-1 is invalid"),
+    Case(
+        f"{SMOKE} optimizer=trpo",
+        "is the meta-RL outer step (optimizer=trpo); domain sinusoid takes a torch optimizer",
+    ),
+    Case(
+        f"{SMOKE} order.first_order=maybe",
+        "order.first_order='maybe' is invalid: order.first_order (FOMAML) is true",
+    ),
+    Case(
+        f"{SMOKE} alpha.value=inf",
+        "alpha.value=inf is invalid: the inner step size must be a finite number > 0",
+    ),
+    Case(f"{SMOKE} alpha.value=-0.5", "alpha.value=-0.5 is invalid"),
+    Case(f"{SMOKE} alpha=learned alpha.init=0", "alpha.init=0 is invalid"),
+    Case(f"{SMOKE} alpha=per_step alpha.values=[0.1,-1]", "alpha.values[1]=-1 is invalid"),
+    Case(f"{SMOKE} logger=wandb logger.mode=bogus", "logger.mode='bogus' is invalid: choose offline, online"),
+    Case(f"{SMOKE} domain.shots=0", "domain.shots=0 is invalid: K (support examples per task) must be"),
+    Case(f"{SMOKE} domain.tasks.amplitude=[5.0,0.1]", "domain.tasks.amplitude=[5.0, 0.1] is invalid"),
+    Case(f"{SMOKE} domain.tasks.phase=[3.0,1.0]", "domain.tasks.phase=[3.0, 1.0] is invalid"),
+    Case(f"{NAV} domain.rollouts=0", "domain.rollouts=0 is invalid: episodes per task per step must be"),
+    Case(f"{NAV} domain.horizon=0", "domain.horizon=0 is invalid"),
+    Case(f"{NAV} eval.episodes=0", "eval.episodes=0 is invalid"),
+    Case(f"{NAV} optimizer.max_kl=0", "optimizer.max_kl=0 is invalid: the KL bound must be > 0"),
+    Case(
+        f"{NAV} domain.tasks.goal_range=[1,-1]",
+        "domain.tasks.goal_range=[1, -1] is invalid: need low <= high",
+    ),
+    Case(
+        "train experiment=halfcheetah_vel_smoke debug=smoke domain.tasks.env_id=Nope-v5",
+        "domain.tasks.env_id='Nope-v5' is not a gymnasium environment here",
+    ),
+    # ---- data roots and files
+    Case(f"{OMNIGLOT} domain.tasks.root=TMP/nowhere", "domain.tasks.root=TMP/nowhere: does not exist; get "),
+    Case(
+        f"{OMNIGLOT} domain.tasks.root=TMP/a_file",
+        "domain.tasks.root=TMP/a_file: holds no <Alphabet>/<character>",
+    ),
+    Case(
+        f"{OMNIGLOT} domain.tasks.root=TMP/empty",
+        "domain.tasks.root=TMP/empty: holds no <Alphabet>/<character>",
+    ),
+    Case(f"{OMNIGLOT} domain.tasks.download=maybe", "domain.tasks.download='maybe' is invalid"),
+    Case(
+        f"{OMNIGLOT} domain.tasks.split=sideways",
+        "domain.tasks.split='sideways' is invalid: choose paper or alphabet",
+    ),
+    Case(
+        "train domain=miniimagenet debug=smoke domain.tasks.root=TMP/empty domain.tasks.download=false",
+        "domain.tasks.root=TMP/empty: holds neither format; expected mini-imagenet-cache",
+    ),
+    # ---- checkpoints and run directories
+    Case(
+        f"{SMOKE} hydra.run.dir=RUN seed=5",
+        "run directory RUN holds a run with other settings (seed=0 in the",
+    ),
+    Case(f"{SMOKE} hydra.run.dir=RUN model.hidden=[8]", "(model.hidden=[40, 40] in the checkpoint, [8] now)"),
+    Case(
+        "resume RUN seed=5",
+        "run directory RUN holds a run with other settings (seed=0 in the checkpoint, 5 now)",
+    ),
+    Case("resume RUN domain=nonexistent", "domain=nonexistent: no such option in group domain; valid: "),
+    Case("resume TMP/empty", "TMP/empty is not a mamlrun run directory (no TMP/empty/.hydra/overrides.yaml)"),
+    Case("eval TMP/nowhere", "checkpoint not found: TMP/nowhere"),
+    Case("eval TMP/empty", "no checkpoint in TMP/empty: expected TMP/empty/best.pt or TMP/empty/last.pt"),
+    Case("eval TMP/junk.pt", "checkpoint TMP/junk.pt is corrupt or truncated"),
+    Case("eval TMP/truncated.pt", "checkpoint TMP/truncated.pt is corrupt or truncated"),
+    Case("eval TMP/runs_code.pt", "refusing to load TMP/runs_code.pt"),
+    Case("eval RUN domain=omniglot", "override 'domain=omniglot' cannot take effect in mamlrun eval"),
+    Case("eval RUN domain.ways=20", "override 'domain.ways=20': no setting named 'domain.ways'"),
+    Case("eval RUN meta_batch=3", "override 'meta_batch=3' cannot take effect in mamlrun eval"),
+    Case("eval RUN eval.tasks=abc", "eval.tasks='abc' is invalid"),
+    Case("eval RUN eval.steps=1,2", "override 'eval.steps=1,2': only key=value is allowed here"),
+    Case("eval RUN eval.steps=3 eval.steps=4", "eval.steps is given twice"),
+    Case("eval RUN -m", "'-m': mamlrun eval takes key=value overrides only"),
+    Case("eval RUN device=cuda", "device='cuda' is invalid: no CUDA device", {"CUDA_VISIBLE_DEVICES": ""}),
+    # ---- the environment
+    Case(f"{SMOKE} logger=wandb", "logger.mode='bogus' is invalid", {"WANDB_MODE": "bogus"}),
+    Case(OMNIGLOT, "domain.tasks.root=TMP/nowhere/omniglot: does not exist", {"MAMLRUN_DATA": "TMP/nowhere"}),
+    Case(
+        f"{SMOKE} device=cuda",
+        "device='cuda' is invalid: no CUDA device is available here",
+        {"CUDA_VISIBLE_DEVICES": ""},
+    ),
+]
+
+
+class RunsCode:
+    """A pickle that would run a command when loaded (torch.load must refuse it)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> tuple[Path, Path]:
+    """(a finished smoke run, a folder of broken inputs)."""
+    root = tmp_path_factory.mktemp("bad_input")
+    run_dir, tmp = root / "run", root / "tmp"
+    run_cli("train", *smoke_overrides(run_dir), cwd=root, check=True)
+    (tmp / "empty").mkdir(parents=True)
+    (tmp / "a_file").write_text("not a directory\n")
+    (tmp / "user_conf" / "domain").mkdir(parents=True)
+    (tmp / "user_conf" / "domain" / "bad.yaml").write_text("name: [unclosed\nkind: regression\n")
+    (tmp / "junk.pt").write_text("not a checkpoint\n")
+    (tmp / "truncated.pt").write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes()[:3000])
+    torch.save(
+        {"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": RunsCode(tmp / "pwned")},
+        tmp / "runs_code.pt",
+    )
+    return run_dir, tmp
+
+
+def case_id(case: Case) -> str:
+    env = " ".join(f"{k}={v}" for k, v in case.env.items())
+    return f"{env} {case.args}".strip()
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 60 and len({case_id(c) for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(places, case):
+    run_dir, tmp = places
+
+    def fill(text: str) -> str:
+        return text.replace("RUN", str(run_dir)).replace("TMP", str(tmp))
+
+    before = file_hashes(run_dir)
+    env = {key: fill(value) for key, value in case.env.items()}
+    proc = run_cli(*fill(case.args).split(), cwd=tmp.parent, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mamlrun: error: ") and fill(case.message) in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert file_hashes(run_dir) == before
+    assert not (tmp / "pwned").exists()
