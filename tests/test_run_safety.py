@@ -113,3 +113,39 @@ def test_a_rejected_command_leaves_an_existing_run_byte_identical(finished_run, 
     assert file_hashes(finished_run) == before  # .hydra/, the log, checkpoints, results: all as they were
     # and the run still resumes with its own settings
     assert "seed: 0" in (finished_run / ".hydra" / "config.yaml").read_text()
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_in_one_line(tmp_path):
+    """A checkpoint write that fails for lack of space (here: a file-size limit, which fails the
+    write the same way, with EFBIG instead of ENOSPC) ends with one line and exit 2; last.pt stays."""
+    import resource
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
+    last = run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    limit = len(before) // 2  # the small files (logs, metrics) fit; a checkpoint does not
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mamlrun", "resume", str(run_dir), "meta_iterations=8", "eval.every=0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        preexec_fn=small_disk,
+    )
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert (
+        line
+        == f"mamlrun: error: could not write checkpoint {last} (File too large); the previous last.pt is intact"
+    )
+    assert "Traceback" not in proc.stderr
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"]  # no temp file left

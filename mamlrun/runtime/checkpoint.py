@@ -8,6 +8,7 @@ the previous checkpoint intact.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -35,20 +36,19 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
+    buffer = io.BytesIO()  # serialised first: a failed write then reports the OS's reason (torch's would not)
+    torch.save(payload, buffer)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # a full disk: torch reports a failed write as RuntimeError
+    except OSError as exc:  # a full disk, a quota, a file-size limit
         Path(tmp).unlink(missing_ok=True)
-        reason = (
-            exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
-        )
         kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
-        raise CheckpointError(f"could not write checkpoint {path} ({reason}); {kept}") from None
+        raise CheckpointError(f"could not write checkpoint {path} ({exc.strerror or exc}); {kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
