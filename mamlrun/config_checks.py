@@ -8,6 +8,7 @@ and settings of one component (alpha values, sinusoid ranges, layer widths) by i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -57,6 +58,11 @@ def check_run(cfg: DictConfig, kinds: tuple[str, ...]) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(key, value, f"{meaning} is true or false")
+    timeout = cfg.logger.get("init_timeout", 1.0) if cfg.logger.get("wandb", False) else 1.0
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ConfigError(
+            "logger.init_timeout", timeout, "seconds to reach the W&B server must be a number > 0"
+        )
     if cfg.logger.get("wandb", False) and cfg.logger.get("mode") not in WANDB_MODES:
         raise ConfigError(
             "logger.mode",

@@ -131,6 +131,7 @@ CASES: list[Case] = [
     Case(f"{SMOKE} alpha=learned alpha.init=0", "alpha.init=0 is invalid"),
     Case(f"{SMOKE} alpha=per_step alpha.values=[0.1,-1]", "alpha.values[1]=-1 is invalid"),
     Case(f"{SMOKE} logger=wandb logger.mode=bogus", "logger.mode='bogus' is invalid: choose offline, online"),
+    Case(f"{SMOKE} logger=wandb logger.init_timeout=0", "logger.init_timeout=0 is invalid: seconds to reach"),
     Case(f"{SMOKE} domain.shots=0", "domain.shots=0 is invalid: K (support examples per task) must be"),
     Case(f"{SMOKE} domain.tasks.amplitude=[5.0,0.1]", "domain.tasks.amplitude=[5.0, 0.1] is invalid"),
     Case(f"{SMOKE} domain.tasks.phase=[3.0,1.0]", "domain.tasks.phase=[3.0, 1.0] is invalid"),

@@ -123,3 +123,33 @@ def test_a_resumed_sweep_job_keeps_its_wandb_group_and_name(tmp_path):
     assert first[1:] == ("2026-01-02_03-04-05", "2026-01-02_03-04-05-0")
     run_cli("resume", str(job), "meta_iterations=6", cwd=tmp_path, check=True)
     assert run_identity(job) == first  # same run, same group, same name (not "0", no group)
+
+
+def test_an_unreachable_wandb_server_costs_seconds_and_one_warning(tmp_path):
+    """WANDB_MODE=online with a key but a server that never answers (a socket that accepts and stays
+    silent, like a dead proxy): wandb.init alone would block about 90 s. The run waits
+    logger.init_timeout, says so once, and logs to W&B offline instead."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections queue up and are never answered
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    run_dir = tmp_path / "run"
+    env = {"WANDB_MODE": "online", "WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": url}
+    started = time.monotonic()
+    try:
+        proc = run_cli(
+            "train", *smoke_overrides(run_dir, "logger=wandb", "logger.init_timeout=2"), cwd=tmp_path, env=env
+        )
+    finally:
+        silent.close()
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert output.count(f"W&B server {url} did not answer within 2 s (logger.init_timeout") == 1, output
+    assert "W&B failed" not in output
+    assert elapsed < 60, f"took {elapsed:.0f} s: the wait for W&B was not bounded"  # unbounded: 90 s and more
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    assert offline_run(run_dir).name == f"run-{run_id}.wandb"  # the metrics are kept for `wandb sync`

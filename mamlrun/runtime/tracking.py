@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ log = logging.getLogger(__name__)
 RUN_ID_FILE = "wandb_run_id.txt"
 IDENTITY_FILE = "wandb_run.json"  # id, group and name: what a resumed run must keep
 METRICS_FILE = "metrics.jsonl"
+ONLINE_MODES = ("online", "run", "shared")  # W&B modes that need its server
+DEFAULT_INIT_TIMEOUT = 10.0  # seconds (logger.init_timeout)
 META_TEST_PREFIX = "eval/"  # meta-test records: a resumed run (not yet finished) redoes the meta-test
 
 
@@ -79,6 +84,20 @@ class Tracker:
         if run_id:  # a resumed run keeps its group and name
             kept = read_identity(self.run_dir)
             settings |= {k: kept[k] for k in ("group", "name") if kept.get(k)}
+        timeout = float(settings.pop("init_timeout", None) or DEFAULT_INIT_TIMEOUT)
+        if settings.get("mode") in ONLINE_MODES:
+            unreachable = server_unreachable(wandb_server(), timeout)
+            if unreachable is not None:
+                log.warning(
+                    "W&B server %s did not answer within %g s (logger.init_timeout; %s): this run logs to "
+                    "W&B offline in %s; upload it later with `wandb sync %s/offline-run-*`",
+                    wandb_server(),
+                    timeout,
+                    unreachable,
+                    self.run_dir / "wandb",
+                    self.run_dir / "wandb",
+                )
+                settings["mode"] = "offline"
         try:
             import wandb
 
@@ -87,6 +106,7 @@ class Tracker:
                 dir=str(self.run_dir),
                 id=run_id,
                 resume="allow" if run_id else None,
+                settings=wandb.Settings(init_timeout=timeout),
                 **{k: v for k, v in settings.items() if v is not None},
             )
             id_file.write_text(self.wandb_run.id + "\n")
@@ -154,6 +174,25 @@ class Tracker:
         self.wandb_run = None
 
 
+def wandb_server() -> str:
+    """The W&B server wandb.init talks to (WANDB_BASE_URL, as wandb itself reads it)."""
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def server_unreachable(url: str, timeout: float) -> str | None:
+    """Why `url` gave no HTTP answer within `timeout` seconds (None: it answered, any status).
+
+    wandb.init on a machine without network blocks for about 90 s (its own retries) before it
+    gives up; asking first bounds that wait to `logger.init_timeout` seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:  # the server answered, with an error status: it is there
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
 def read_identity(run_dir: Path) -> dict[str, Any]:
     """The W&B id, group and name a run directory's training run had ({} when it had none)."""
     path = Path(run_dir) / IDENTITY_FILE
@@ -217,4 +256,5 @@ def wandb_settings(cfg: Any) -> dict[str, Any] | None:
         "tags": list(logger_cfg.get("tags") or []),
         "mode": logger_cfg.get("mode", "offline"),
         "job_type": logger_cfg.get("job_type", "train"),
+        "init_timeout": logger_cfg.get("init_timeout", DEFAULT_INIT_TIMEOUT),
     }
