@@ -58,6 +58,13 @@ def check_run(cfg: DictConfig, kinds: tuple[str, ...]) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(key, value, f"{meaning} is true or false")
+    metric = cfg.get("optimized_metric")
+    if metric is not None and (not isinstance(metric, str) or not metric.startswith(METRIC_NAMESPACES)):
+        raise ConfigError(
+            "optimized_metric",
+            metric,
+            f"name a logged metric ({', '.join(n + '...' for n in METRIC_NAMESPACES)}), best/val_metric, or null",
+        )
     timeout = cfg.logger.get("init_timeout", 1.0) if cfg.logger.get("wandb", False) else 1.0
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
         raise ConfigError(
@@ -79,6 +86,7 @@ RUN_BOOLEANS = {
     "logger.wandb": "logger.wandb (log to W&B)",
     "domain.tasks.download": "domain.tasks.download (fetch the dataset when it is missing)",
 }
+METRIC_NAMESPACES = ("train/", "val/", "eval/", "best/", "perf/")  # what runs log (README: W&B metrics)
 WANDB_MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb.init takes
 
 
@@ -86,6 +94,7 @@ WANDB_MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # wh
 # defines the run, and a checkpoint written under other values of them is refused.
 MAY_CHANGE_ON_RESUME = (
     "meta_iterations",
+    "optimized_metric",
     "eval",
     "checkpoint",
     "log_every",

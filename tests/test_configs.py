@@ -106,11 +106,22 @@ def test_launcher_presets_compose(launcher, target):
         assert cfg.hydra.launcher.gpus_per_node == 1
 
 
-def test_optuna_preset_composes():
-    cfg = compose_config(["hparams_search=sinusoid_optuna"], hydra_cfg=True)
+OPTUNA_PRESETS = [
+    ("sinusoid_optuna", "sinusoid", "minimize", {"alpha.value", "optimizer.lr"}),
+    ("omniglot_minimal_optuna", "omniglot", "maximize", {"alpha.value", "optimizer.lr"}),
+    ("nav2d_optuna", "nav2d", "maximize", {"alpha.value", "optimizer.max_kl"}),
+]
+
+
+@pytest.mark.parametrize("preset,domain,direction,params", OPTUNA_PRESETS)
+def test_optuna_presets_compose_with_an_explicit_optimized_metric(preset, domain, direction, params):
+    cfg = compose_config([f"hparams_search={preset}"], hydra_cfg=True)
     assert "optuna" in cfg.hydra.sweeper._target_.lower()
-    assert cfg.hydra.sweeper.direction == "minimize"
-    assert set(cfg.hydra.sweeper.params) == {"alpha.value", "optimizer.lr"}
+    assert cfg.domain.name == domain and cfg.optimized_metric == "best/val_metric"
+    assert cfg.hydra.sweeper.direction == direction
+    assert set(cfg.hydra.sweeper.params) == params
+    for key in params:  # every searched key exists in the preset's config
+        assert OmegaConf.select(cfg, key) is not None, key
     instantiate(cfg.hydra.sweeper.sampler)
 
 

@@ -30,7 +30,7 @@ from mamlrun.runtime.errors import Interrupted, StepFailed, TrainingDiverged, Us
 from mamlrun.runtime.lock import RunLock
 from mamlrun.runtime.progress import progress_bar
 from mamlrun.runtime.signals import GracefulStop
-from mamlrun.runtime.tracking import Tracker
+from mamlrun.runtime.tracking import METRICS_FILE, Tracker
 from mamlrun.trainers.recipe import Metrics, Parts, Recipe
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 def train(
     recipe: Recipe, cfg: DictConfig, run_dir: Path, on_accept: Callable[[], None] | None = None
 ) -> float:
-    """Meta-train, then meta-test; returns what sweeps optimise: the best validation metric, or the
-    meta-test's headline number when validation is off.
+    """Meta-train, then meta-test; returns what sweeps optimise (`sweep_result`: `optimized_metric`,
+    by default the best validation metric, or the meta-test's headline number without validation).
 
     One process per run directory (a lock). A run directory with a checkpoint continues only under
     the same run-defining settings, and a finished run is left alone. `on_accept` runs once the
@@ -52,9 +52,8 @@ def train(
         state = last_checkpoint(cfg, run_dir)
         if state is not None:
             check_same_run(state, cfg, run_dir)
-            finished = finished_run(state, cfg, run_dir)
-            if finished is not None:
-                return finished
+            if finished_run(state, cfg, run_dir):
+                return sweep_result(cfg, run_dir, dict(state["best"]), None)
 
         def accept() -> None:
             lock.keep()
@@ -83,21 +82,17 @@ def check_same_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> Non
         )
 
 
-def finished_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> float | None:
+def finished_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> bool:
     """A run whose last.pt reached meta_iterations and whose meta-test wrote eval.json is done:
-    say so and return its result, instead of repeating the meta-test (None: not finished)."""
+    say so, instead of repeating the meta-test."""
     results = run_dir / EVAL_JSON
     if int(state["iteration"]) < int(cfg.meta_iterations) or not results.is_file():
-        return None
+        return False
     try:
-        headline = json.loads(results.read_text(encoding="utf-8")).get("headline")
-    except (
-        json.JSONDecodeError,
-        UnicodeDecodeError,
-        AttributeError,
-    ):  # cut short by a kill: redo the meta-test
+        json.loads(results.read_text(encoding="utf-8"))["headline"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):  # cut short: redo the meta-test
         log.warning("%s is unreadable; the meta-test runs again", results)
-        return None
+        return False
     log.info(
         "run %s is finished (iteration %d of %d): results in %s; `mamlrun eval %s` re-runs the meta-test, "
         "a larger meta_iterations continues training",
@@ -107,10 +102,44 @@ def finished_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> float
         results,
         run_dir,
     )
-    best = state["best"]
-    if best["iteration"] >= 0:
-        return float(best["metric"])
-    return float("nan") if headline is None else float(headline)
+    return True
+
+
+def sweep_result(cfg: DictConfig, run_dir: Path, best: dict[str, float], headline: float | None) -> float:
+    """What `train` returns to a sweeper (Optuna): the metric named by `optimized_metric`, its last
+    logged value (or `best/val_metric`, `best/iteration`); without one, the best validation metric,
+    else the meta-test's headline number."""
+    key = cfg.get("optimized_metric")
+    if key is None:
+        if best["iteration"] >= 0:
+            return float(best["metric"])
+        if headline is None:
+            headline = json.loads((run_dir / EVAL_JSON).read_text(encoding="utf-8")).get("headline")
+        return float("nan") if headline is None else float(headline)
+    values = latest_metrics(run_dir / METRICS_FILE)
+    values |= {"best/val_metric": float(best["metric"]), "best/iteration": float(best["iteration"])}
+    if key not in values:
+        logged = ", ".join(k for k in sorted(values) if not k.endswith("_ci95"))
+        raise UserError(f"optimized_metric={key!r} is not a metric this run logged; it logged: {logged}")
+    return values[key]
+
+
+def latest_metrics(path: Path) -> dict[str, float]:
+    """The last value of every metric in a run's metrics.jsonl."""
+    values: dict[str, float] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        values |= {
+            k: float("nan") if v is None else float(v)
+            for k, v in record.items()
+            if k != "step" and (v is None or isinstance(v, int | float))
+        }
+    return values
 
 
 def train_locked(
@@ -156,7 +185,7 @@ def train_locked(
     if wandb_on:  # so the table comes once, after W&B's summary
         table = format_table(outcome.results, outcome.spec)
         log.info("meta-test on the checkpoint (also in %s)\n%s", run_dir / EVAL_JSON, table)
-    return float(best["metric"]) if best["iteration"] >= 0 else outcome.headline
+    return sweep_result(cfg, run_dir, best, outcome.headline)
 
 
 def resume(parts: Parts, run_dir: Path, state: dict[str, Any] | None) -> tuple[int, dict[str, float]]:
