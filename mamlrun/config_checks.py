@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mamlrun.runtime.errors import ConfigError, require_int
+from mamlrun.runtime.threads import thread_budget
 
 # key -> (lowest valid value, what the key means, may it be null)
 RUN_INTEGERS: dict[str, tuple[int, str, bool]] = {
@@ -58,6 +59,7 @@ def check_run(cfg: DictConfig, kinds: tuple[str, ...]) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(key, value, f"{meaning} is true or false")
+    thread_budget(cfg.get("threads", "auto"), 1, 1)  # auto or an integer >= 1
     metric = cfg.get("optimized_metric")
     if metric is not None and (not isinstance(metric, str) or not metric.startswith(METRIC_NAMESPACES)):
         raise ConfigError(
@@ -104,6 +106,8 @@ MAY_CHANGE_ON_RESUME = (
     "device",
     "compile",
     "chunk_size",
+    "threads",
+    "domain.threads",
     "domain.meta_iterations",
     "domain.eval_",  # the domain's meta-test defaults (eval_steps, eval_tasks, ...)
     "domain.tasks.root",
@@ -121,6 +125,7 @@ MAY_CHANGE_ON_EVAL = (
     "device",
     "compile",
     "chunk_size",
+    "threads",
     "progress",
     "alpha.value",
     "alpha.values",

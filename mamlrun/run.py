@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -35,6 +36,7 @@ from mamlrun.runtime.run_record import (
     remove_eval_dir,
     write_hydra_files,
 )
+from mamlrun.runtime.threads import parallel_jobs_of, thread_budget, usable_cores
 from mamlrun.runtime.tracking import eval_wandb_settings
 from mamlrun.trainers import loop
 from mamlrun.trainers.recipe import Recipe
@@ -87,6 +89,8 @@ def train(cfg: DictConfig) -> float:
         recipe = recipe_for(cfg)
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        use_thread_budget(cfg, OmegaConf.to_container(hydra_cfg.launcher) if multirun else None)
 
         def accept() -> None:
             held.accept()
@@ -101,6 +105,19 @@ def train(cfg: DictConfig) -> float:
     finally:
         held.release()
     raise AssertionError("unreachable")
+
+
+def use_thread_budget(cfg: DictConfig, launcher: dict | None) -> None:
+    """Give torch this job's thread budget (`threads`: auto = usable cores / parallel jobs), logged."""
+    import torch
+
+    cores = usable_cores()
+    jobs = parallel_jobs_of(launcher, cores)
+    threads = thread_budget(cfg.threads, cores, jobs)
+    torch.set_num_threads(threads)
+    log.info(
+        "torch threads: %d (threads=%s; %d usable cores, %d parallel jobs)", threads, cfg.threads, cores, jobs
+    )
 
 
 def train_in(cfg: DictConfig, run_dir: Path) -> float:
@@ -128,6 +145,7 @@ def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
         check_checkpoint_fits_run(cfg, path, run_dir)
         apply_overrides(cfg, overrides, may_change_on_eval, "mamlrun eval")
         recipe = recipe_for(cfg)
+        use_thread_budget(cfg, None)
         out_dir = new_eval_dir(run_dir)
         with log_file(out_dir / "eval.log"):
             wandb = eval_wandb_settings(cfg, run_dir, out_dir.name)
