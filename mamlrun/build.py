@@ -21,6 +21,7 @@ from omegaconf.errors import InterpolationKeyError
 from torch import nn
 
 from mamlrun.maml import AlphaSchedule
+from mamlrun.runtime.distributed import world
 from mamlrun.runtime.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,11 @@ def construct(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error."""
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error; under torchrun
+    `cuda` is each rank's own GPU (LOCAL_RANK)."""
     name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
@@ -59,6 +61,8 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(
                 "device", name, "no CUDA device is available here; use device=cpu or device=auto"
             )
+        if name == "cuda" and world().distributed:  # under torchrun each rank takes its node-local GPU
+            return torch.device(f"cuda:{world().local_rank}")
         return torch.device(name)
     raise ConfigError("device", name, "choose auto, cpu, cuda or cuda:N")
 

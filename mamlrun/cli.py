@@ -69,6 +69,7 @@ def run_hydra(args: list[str]) -> None:
         hydra_cli.check_overrides(overrides, [CONF_DIR, *user_dirs])
     except hydra_cli.HydraArgumentError as exc:
         fail(exc)
+    overrides = [*overrides, *torchrun_rank_overrides(options)]
     sys.argv = ["mamlrun", *options, *overrides]
     user_wants_tracebacks = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we report
@@ -116,6 +117,24 @@ def resume(
     saved = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not is_sweep_setting(o)]
     given = list(ctx.args)
     run_hydra([*replaced_by(saved, given), *given, f"hydra.run.dir={run_dir.resolve()}", "hydra.mode=RUN"])
+
+
+def torchrun_rank_overrides(options: list[str]) -> list[str]:
+    """Under torchrun (WORLD_SIZE > 1), one run on several processes: a sweep cannot be one, and
+    ranks other than 0 get a scratch Hydra directory and no log file (rank 0 writes the run)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    if "-m" in options or "--multirun" in options:
+        fail("torchrun runs one job on several processes: drop -m (sweep with Hydra's launchers instead)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        return []
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"mamlrun-rank{os.environ['RANK']}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [f"hydra.run.dir={scratch}", "hydra/job_logging=disabled"]
 
 
 def replaced_by(saved: list[str], given: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from mamlrun.config_checks import (
     run_defining_differences,
 )
 from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.runtime import distributed
 from mamlrun.runtime.errors import CheckpointError, Interrupted, UserError
 from mamlrun.runtime.malloc import tune_malloc
 from mamlrun.runtime.run_record import (
@@ -91,19 +92,22 @@ def train(cfg: DictConfig) -> float:
         run_dir = Path(hydra_cfg.runtime.output_dir)
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         use_thread_budget(cfg, OmegaConf.to_container(hydra_cfg.launcher) if multirun else None)
+        ranks = distributed.start(str(cfg.device))
+        run_dir = Path(str(ranks.broadcast(str(run_dir))))  # under torchrun: rank 0's run directory
 
         def accept() -> None:
             held.accept()
             write_hydra_files(run_dir, cfg, hydra_cfg)
             log.info("run directory: %s", run_dir)
 
-        return loop.train(recipe, cfg, run_dir, on_accept=accept)
+        return loop.train(recipe, cfg, run_dir, on_accept=accept if ranks.is_main else None)
     except (UserError, Interrupted) as exc:
         report_and_exit(exc)
     except OmegaConfBaseException as exc:  # e.g. an interpolation that points nowhere
         report_and_exit(UserError(f"config: {str(exc).strip().splitlines()[0]}"))
     finally:
         held.release()
+        distributed.stop()
     raise AssertionError("unreachable")
 
 

@@ -68,3 +68,16 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class NoLock:
+    """What ranks other than 0 of a torchrun run hold: rank 0 holds the run directory's lock."""
+
+    def keep(self) -> None:
+        pass
+
+    def __enter__(self) -> NoLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

@@ -7,6 +7,8 @@ import sys
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from mamlrun.runtime.distributed import world
+
 
 def progress_bar(cfg: DictConfig, total: int, initial: int = 0, desc: str = "meta-train") -> tqdm:
     """Live in a terminal; in a log file, one line every 30 s instead of a redraw per update."""
@@ -17,7 +19,7 @@ def progress_bar(cfg: DictConfig, total: int, initial: int = 0, desc: str = "met
         desc=desc,
         unit="it",
         dynamic_ncols=True,
-        disable=not cfg.progress,
+        disable=not cfg.progress or world().rank != 0,  # one bar for a torchrun run: rank 0's
         mininterval=0.2 if interactive else 30.0,
         file=sys.stderr,
     )

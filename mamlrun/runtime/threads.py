@@ -55,11 +55,11 @@ def thread_budget(setting: object, cores: int, parallel_jobs: int) -> int:
 
 
 def parallel_jobs_of(launcher: dict | None, cores: int) -> int:
-    """How many jobs of a sweep run at once on this machine: joblib's `n_jobs` (-1: one per core,
-    -2: all but one, ...); 1 for every other launcher (basic runs jobs one by one, Slurm gives
-    each job its own cores)."""
-    if not launcher or "joblib" not in str(launcher.get("_target_", "")).lower():
-        return 1
-    n_jobs = launcher.get("n_jobs") or 1
-    n_jobs = int(n_jobs)
-    return max(1, cores + 1 + n_jobs if n_jobs < 0 else n_jobs)
+    """How many processes share this machine's cores: joblib's `n_jobs` (-1: one per core, -2: all
+    but one, ...; 1 for every other launcher: basic runs jobs one by one, Slurm gives each job its
+    own cores), times the processes torchrun starts on this node (LOCAL_WORLD_SIZE)."""
+    jobs = 1
+    if launcher and "joblib" in str(launcher.get("_target_", "")).lower():
+        n_jobs = int(launcher.get("n_jobs") or 1)
+        jobs = max(1, cores + 1 + n_jobs if n_jobs < 0 else n_jobs)
+    return jobs * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -66,6 +66,13 @@ class Tracker:
             self._start_wandb(config, dict(wandb_settings))
 
     @classmethod
+    def silent(cls) -> Tracker:
+        """A tracker that records nothing: ranks other than 0 of a torchrun run (rank 0 logs)."""
+        tracker = cls.__new__(cls)
+        tracker.run_dir, tracker.metrics_path, tracker._jsonl, tracker.wandb_run = None, None, None, None
+        return tracker
+
+    @classmethod
     def for_run(cls, cfg: Any, run_dir: Path, start: int) -> Tracker:
         """The tracker of a training run that starts (or resumes) at iteration `start`."""
         from omegaconf import OmegaConf
@@ -148,8 +155,9 @@ class Tracker:
         """Record `metrics` at iteration `step` in both sinks."""
         record = {k: _plain(v) for k, v in metrics.items()}
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-        self._jsonl.flush()
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+            self._jsonl.flush()
         self._wandb_call("log", lambda: self.wandb_run.log(record, step=step))
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
@@ -168,7 +176,7 @@ class Tracker:
 
     def finish(self, exit_code: int = 0) -> None:
         """Close both sinks; always called, also when the run fails."""
-        if not self._jsonl.closed:
+        if self._jsonl is not None and not self._jsonl.closed:
             self._jsonl.close()
         self._wandb_call("finish", lambda: self.wandb_run.finish(exit_code=exit_code))
         self.wandb_run = None

@@ -26,8 +26,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mamlrun.config_checks import describe_differences, run_defining_differences
 from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, format_table, report
 from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.runtime.distributed import world
 from mamlrun.runtime.errors import Interrupted, StepFailed, TrainingDiverged, UserError
-from mamlrun.runtime.lock import RunLock
+from mamlrun.runtime.lock import NoLock, RunLock
 from mamlrun.runtime.progress import progress_bar
 from mamlrun.runtime.signals import GracefulStop
 from mamlrun.runtime.tracking import METRICS_FILE, Tracker
@@ -47,8 +48,8 @@ def train(
     command is known to be a valid start or continuation, before anything is written (the Hydra
     task writes its `.hydra/` record there).
     """
-    run_dir = Path(run_dir)
-    with RunLock(run_dir) as lock:
+    run_dir, ranks = Path(run_dir), world()
+    with RunLock(run_dir) if ranks.is_main else NoLock() as lock:
         state = last_checkpoint(cfg, run_dir)
         if state is not None:
             check_same_run(state, cfg, run_dir)
@@ -151,21 +152,28 @@ def train_locked(
 ) -> float:
     """`train` once the run directory is ours and the command is a valid start or continuation."""
     parts = recipe.build(cfg)
+    ranks = world()
     tracker: Tracker | None = None
     exit_code = 1
     try:
         start, best = resume(parts, run_dir, state)
         on_accept()
-        tracker = Tracker.for_run(cfg, run_dir, start)
+        tracker = Tracker.for_run(cfg, run_dir, start) if ranks.is_main else Tracker.silent()
         log.info(
-            "%s (%s) | %s | %d iterations | device %s",
+            "%s (%s) | %s | %d iterations | device %s%s",
             cfg.domain.name,
             cfg.domain.kind,
             parts.describe(),
             int(cfg.meta_iterations),
             parts.device.type,
+            f" | world size {ranks.size} (torch.distributed, {parts.device.type} per rank)"
+            if ranks.distributed
+            else "",
         )
         best = run_iterations(recipe, parts, cfg, run_dir, tracker, start, best)
+        if not ranks.is_main:  # rank 0 alone validates, meta-tests and writes
+            exit_code = 0
+            return float("nan")
         wandb_on = tracker.wandb_run is not None  # W&B's closing summary would scroll the table away
         outcome = meta_test(
             recipe,
@@ -194,7 +202,7 @@ def resume(parts: Parts, run_dir: Path, state: dict[str, Any] | None) -> tuple[i
     folder = ckpt.checkpoint_dir(run_dir)
     if state is not None:
         parts.load_state_dict(state, folder / ckpt.LAST)
-    for stale in ckpt.remove_partial_writes(folder):
+    for stale in ckpt.remove_partial_writes(folder) if world().is_main else []:  # rank 0 holds the lock
         log.info("removed %s, left by a checkpoint write that was killed", stale)
     if state is None:
         return 0, {"metric": float("nan"), "iteration": -1}
@@ -216,8 +224,9 @@ def run_iterations(
     log_every, val_every, ckpt_every = int(cfg.log_every), int(cfg.eval.every), int(cfg.checkpoint.every)
     folder = ckpt.checkpoint_dir(run_dir)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    validating = bool(val_every) and parts.validation_key is not None
-    if val_every and not validating:
+    ranks = world()
+    validating = bool(val_every) and parts.validation_key is not None and ranks.is_main
+    if val_every and parts.validation_key is None:
         log.warning(
             "%s has no validation split: validation is off and the meta-test uses last.pt", cfg.domain.name
         )
@@ -235,7 +244,8 @@ def run_iterations(
     def save(name: str, iteration: int, loss: float = math.nan) -> None:
         if not parts.all_finite():  # never overwrite a good checkpoint with a diverged one
             raise TrainingDiverged(diverged_message(loss, iteration, folder))
-        ckpt.save_checkpoint(folder / name, state(iteration))
+        if ranks.is_main:  # every rank holds the same state; rank 0 writes it
+            ckpt.save_checkpoint(folder / name, state(iteration))
 
     window_start, window_iters = time.perf_counter(), 0
     with GracefulStop() as stop, logging_redirect_tqdm(), progress_bar(cfg, total, start) as bar:
@@ -244,7 +254,7 @@ def run_iterations(
             try:
                 metrics = recipe.step(parts)
             except StepFailed:
-                if at_start is not None:
+                if at_start is not None and ranks.is_main:
                     ckpt.save_checkpoint(folder / ckpt.LAST, at_start)
                 raise
             step, window_iters = it + 1, window_iters + 1
@@ -275,7 +285,8 @@ def run_iterations(
                     best = {"metric": value, "iteration": step}
                     save(ckpt.BEST, step)
 
-            stopping = stop.requested  # read once: a signal between two reads would stop without a save
+            # read once (a signal between two reads would stop without a save), and agreed by all ranks
+            stopping = ranks.any_stop(stop.requested, parts.device)
             if stopping or step == total or (ckpt_every and step % ckpt_every == 0):
                 save(ckpt.LAST, step)
             if stopping:
@@ -317,6 +328,7 @@ def meta_test(
         "iteration": iteration,
         "domain": str(cfg.domain.name),
         "eval_seed": int(cfg.eval.seed),
+        "world_size": world().size,  # the processes that trained it (torchrun)
     }
     step = iteration if log_step is None else log_step
     report(outcome, out_dir, tracker, source=source, log_step=step, log_table=log_table)

@@ -113,6 +113,10 @@ class SupervisedParts:
     def modules(self) -> list[nn.Module]:
         return [self.model, self.alpha]
 
+    def groups(self) -> tuple[tuple[str, nn.Module], ...]:
+        """The meta-parameters' groups, as `MetaObjective` names them in its gradients."""
+        return (("model", self.model), ("alpha", self.alpha))
+
     # ------------------------------------------------------------------ what the loop asks
     @property
     def validation_key(self) -> str | None:
@@ -183,6 +187,7 @@ def build(cfg: DictConfig, kind: SupervisedKind) -> SupervisedParts:
         bool(cfg.order.first_order),
         cfg.chunk_size,
         compile=resolve_compile(cfg.compile, device, int(cfg.meta_iterations)),
+        memory=cfg.get("memory", "keep"),
     )
     return parts
 

@@ -8,17 +8,35 @@ one meta-optimizer step
 
 from __future__ import annotations
 
+from mamlrun.runtime.distributed import world
 from mamlrun.trainers.recipe import Metrics
 from mamlrun.trainers.supervised.parts import SupervisedParts
 
 
 def step(parts: SupervisedParts) -> Metrics:
-    """Update theta (and learned alphas) once; returns the meta-loss and the support loss before adaptation."""
-    sizes = parts.sizes
+    """Update theta (and learned alphas) once; returns the meta-loss and the support loss before adaptation.
+
+    Under torchrun every rank draws the same meta-batch and meta-trains on its slice of the tasks;
+    the meta-gradient and the losses are then summed over the ranks' shares of the mean.
+    """
+    sizes, ranks = parts.sizes, world()
     batch = parts.sample(sizes.meta_batch, sizes.shots, sizes.query, parts.sampler, "train")
-    result = parts.objective(parts.meta_params(), batch.support, batch.query)
-    for group, module in (("model", parts.model), ("alpha", parts.alpha)):
-        for name, p in module.named_parameters():
-            p.grad = result.grads[group][name]
+    support, query = batch.support, batch.query
+    if ranks.distributed:
+        mine = ranks.task_slice(sizes.meta_batch)
+        support, query = (support[0][mine], support[1][mine]), (query[0][mine], query[1][mine])
+    result = parts.objective(parts.meta_params(), support, query)
+    grads = {
+        p: result.grads[group][name]
+        for group, module in parts.groups()
+        for name, p in module.named_parameters()
+    }
+    loss, pre_loss = result.loss, result.pre_loss
+    if ranks.distributed:
+        loss, pre_loss = ranks.sum_shares(
+            list(grads.values()), [loss, pre_loss], len(support[0]) / sizes.meta_batch
+        )
+    for p, g in grads.items():
+        p.grad = g
     parts.optimizer.step()
-    return {"train/loss": result.loss, "train/support_loss_pre": result.pre_loss}
+    return {"train/loss": loss, "train/support_loss_pre": pre_loss}
