@@ -111,7 +111,7 @@ def train(cfg: DictConfig) -> float:
     raise AssertionError("unreachable")
 
 
-def use_thread_budget(cfg: DictConfig, launcher: dict | None) -> None:
+def use_thread_budget(cfg: DictConfig, launcher: dict | None, level: int = logging.INFO) -> None:
     """Give torch this job's thread budget (`threads`: auto = usable cores / parallel jobs), logged."""
     import torch
 
@@ -119,8 +119,13 @@ def use_thread_budget(cfg: DictConfig, launcher: dict | None) -> None:
     jobs = parallel_jobs_of(launcher, cores)
     threads = thread_budget(cfg.threads, cores, jobs)
     torch.set_num_threads(threads)
-    log.info(
-        "torch threads: %d (threads=%s; %d usable cores, %d parallel jobs)", threads, cfg.threads, cores, jobs
+    log.log(
+        level,
+        "torch threads: %d (threads=%s; %d usable cores, %d parallel jobs)",
+        threads,
+        cfg.threads,
+        cores,
+        jobs,
     )
 
 
@@ -149,7 +154,7 @@ def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
         check_checkpoint_fits_run(cfg, path, run_dir)
         apply_overrides(cfg, overrides, may_change_on_eval, "mamlrun eval")
         recipe = recipe_for(cfg)
-        use_thread_budget(cfg, None)
+        use_thread_budget(cfg, None, logging.DEBUG)  # one line on stderr if the evaluation then fails
         out_dir = new_eval_dir(run_dir)
         with log_file(out_dir / "eval.log"):
             wandb = eval_wandb_settings(cfg, run_dir, out_dir.name)
