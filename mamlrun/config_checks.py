@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mamlrun.maml.adapt import check_memory
 from mamlrun.runtime.errors import ConfigError, require_int
 from mamlrun.runtime.threads import thread_budget
 
@@ -55,6 +56,7 @@ def check_run(cfg: DictConfig, kinds: tuple[str, ...]) -> None:
     check_integers(cfg, RUN_INTEGERS)
     if cfg.eval.use not in ("best", "last"):
         raise ConfigError("eval.use", cfg.eval.use, "choose best or last")
+    check_memory(cfg.get("memory", "keep"))  # absent from configs written before the setting existed
     for key, meaning in RUN_BOOLEANS.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
@@ -106,6 +108,7 @@ MAY_CHANGE_ON_RESUME = (
     "device",
     "compile",
     "chunk_size",
+    "memory",
     "threads",
     "domain.threads",
     "domain.meta_iterations",

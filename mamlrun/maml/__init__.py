@@ -1,6 +1,16 @@
 """The MAML algorithm as pure functions over a params dict; knows nothing about domains."""
 
-from mamlrun.maml.adapt import Params, TaskLoss, adapt, adaptation_curve, inner_step, task_meta_loss
+from mamlrun.maml.adapt import (
+    MEMORY_MODES,
+    Params,
+    TaskLoss,
+    adapt,
+    adaptation_curve,
+    check_memory,
+    inner_step,
+    recomputed_step,
+    task_meta_loss,
+)
 from mamlrun.maml.alpha import (
     AlphaSchedule,
     ConstantAlpha,
@@ -13,6 +23,7 @@ from mamlrun.maml.objective import MetaGradient, MetaObjective
 from mamlrun.maml.terms import MetaTerms, QueryLoss
 
 __all__ = [
+    "MEMORY_MODES",
     "AlphaSchedule",
     "ConstantAlpha",
     "HalvingAlpha",
@@ -27,6 +38,8 @@ __all__ = [
     "TaskLoss",
     "adapt",
     "adaptation_curve",
+    "check_memory",
     "inner_step",
+    "recomputed_step",
     "task_meta_loss",
 ]

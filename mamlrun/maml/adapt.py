@@ -8,6 +8,14 @@ training step (differentiated again by the outer `torch.func.grad`, i.e. second 
 
     theta'_k+1 = theta'_k - alpha_k * grad L_support(theta'_k),   k = 0..steps-1
 
+Memory (the `memory` setting): second order, the outer backward pass needs every inner step's
+activations (and those of its inner backward pass). `memory="keep"` holds them all, so memory per
+task grows with the number of inner steps; `memory="recompute"` keeps only each step's input
+parameters and recomputes the step when the outer gradient reaches it (activation checkpointing of
+the inner step), so memory per task is about one step's whatever the step count, for about one more
+forward and backward pass per step (Omniglot 20-way 1-shot, 20 steps: 1/19 of the memory for 1.14x the
+time, scripts/bench_memory.py). Both give the same meta-gradient.
+
 The examples below share this set-up (a linear model, one regression task):
 
     >>> import torch
@@ -27,16 +35,45 @@ The examples below share this set-up (a linear model, one regression task):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mamlrun.maml.alpha import AlphaSchedule
+from mamlrun.runtime.errors import ConfigError
 
 Params = dict[str, Tensor]
 TaskLoss = Callable[[Params, Any], Tensor]
 """`task_loss(params, data) -> scalar`: the loss of ONE task; pure, so vmap can batch it."""
+
+MEMORY_MODES = ("keep", "recompute")
+"""What the inner loop holds for the outer backward pass (the `memory` setting): keep = every inner
+step's activations (fastest); recompute = each step's input parameters only, the step being
+recomputed in the backward pass (second-order memory no longer grows with the inner steps)."""
+
+
+def check_memory(memory: object) -> str:
+    """`memory` when it names one of `MEMORY_MODES`, else a one-line `ConfigError` naming the choices.
+
+    Example:
+        >>> check_memory("recompute")
+        'recompute'
+        >>> check_memory("low")
+        Traceback (most recent call last):
+        ...
+        mamlrun.runtime.errors.ConfigError: memory='low' is invalid: choose keep (...) or recompute (...)
+    """
+    if not isinstance(memory, str) or memory not in MEMORY_MODES:
+        raise ConfigError(
+            "memory",
+            memory,
+            "choose keep (every inner step's activations stay for the backward pass) or recompute "
+            "(each inner step is recomputed in the backward pass: less memory, more time)",
+        )
+    return memory
 
 
 def inner_step(
@@ -67,6 +104,117 @@ def inner_step(
     return {name: p - rates[name] * grads[name] for name, p in params.items()}, loss
 
 
+@dataclass(frozen=True, eq=False)
+class _Recompute:
+    """What `_Recomputed` runs: `fn` maps one task's flat tensor inputs to its outputs, the last of
+    which gets no gradient; the first `differentiable` inputs get gradients, the rest (the task's
+    data) none. `levels` holds, per vmap level it runs under (innermost first), each input's task
+    dimension there: 0, or None where that input is shared by the tasks."""
+
+    fn: Callable[[list[Tensor]], tuple[Tensor, ...]]
+    differentiable: int
+    levels: tuple[tuple[int | None, ...], ...] = ()
+
+    def batched(self) -> Callable[[list[Tensor]], tuple[Tensor, ...]]:
+        """`fn` over the task dimensions of every level (randomness is an error: a recomputation
+        must draw what the first computation drew)."""
+        fn = self.fn
+        for dims in self.levels:
+            fn = torch.func.vmap(fn, in_dims=(list(dims),))
+        return fn
+
+
+class _Recomputed(torch.autograd.Function):
+    """`plan.fn` whose backward pass recomputes it instead of keeping its activations: only its
+    inputs are saved, and the backward pass differentiates a fresh run of it (activation
+    checkpointing that composes with torch.func, where `torch.utils.checkpoint` cannot run: its
+    saved-tensor hooks are disabled inside `torch.func.grad`).
+
+    Under vmap the task dimension is passed down explicitly (`vmap` below), so the backward pass is
+    `vjp(vmap(fn))`, the order in which `memory="keep"` differentiates the same operations
+    (`vmap(vjp(...))` of a second-order step fails for BatchNorm under vmap). The backward pass is
+    itself differentiable: Hessian-vector products of outer terms (meta-RL's TRPO) go through it.
+    """
+
+    @staticmethod
+    def forward(plan: _Recompute, *tensors: Tensor) -> tuple[Tensor, ...]:
+        return plan.batched()(list(tensors))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        ctx.plan = inputs[0]
+        ctx.save_for_backward(*inputs[1:])
+        ctx.mark_non_differentiable(output[-1])
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        plan: _Recompute = ctx.plan
+        saved = list(ctx.saved_tensors)
+        k, fn = plan.differentiable, plan.batched()
+        _, vjp = torch.func.vjp(lambda *x: fn([*x, *saved[k:]])[:-1], *saved[:k])
+        return (None, *vjp(tuple(grad_outputs[:-1])), *([None] * (len(saved) - k)))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], plan: _Recompute, *tensors: Tensor) -> tuple[Any, Any]:
+        moved = [t if d is None else t.movedim(d, 0) for t, d in zip(tensors, in_dims[1:], strict=True)]
+        dims = tuple(None if d is None else 0 for d in in_dims[1:])
+        out = _Recomputed.apply(replace(plan, levels=(*plan.levels, dims)), *moved)
+        return out, (0,) * len(out)
+
+
+def recomputed_step(
+    params: Params,
+    alpha_params: Mapping[str, Tensor],
+    step: int,
+    support: Any,
+    *,
+    task_loss: TaskLoss,
+    alpha: AlphaSchedule,
+    first_order: bool,
+) -> tuple[Params, Tensor]:
+    """`inner_step` with the same values and gradients, keeping none of its activations for an outer
+    backward pass: only its input params are kept, and the step is recomputed when the outer gradient
+    reaches it (activation checkpointing of one inner step; `memory="recompute"`).
+
+    First order is `inner_step` itself: its inner gradients are constants, so the outer graph holds
+    no inner activations to begin with. The task loss must be deterministic (no dropout): it is
+    evaluated again in the backward pass. The saving needs an outer `torch.autograd.grad` (as
+    `MetaObjective` uses in this mode): `torch.func.grad` differentiates with `create_graph=True`,
+    which keeps every recomputation alive until its backward pass ends (the same values, no saving).
+
+    Example:
+        >>> def query_loss(step):
+        ...     adapted, _ = step(theta, {}, 0, support, task_loss=task_loss, alpha=alpha, first_order=False)
+        ...     return task_loss(adapted, query)
+        >>> kept = torch.autograd.grad(query_loss(inner_step), list(theta.values()))
+        >>> recomputed = torch.autograd.grad(query_loss(recomputed_step), list(theta.values()))
+        >>> all(torch.allclose(a, b) for a, b in zip(kept, recomputed))
+        True
+    """
+    if first_order:
+        return inner_step(
+            params, alpha_params, step, support, task_loss=task_loss, alpha=alpha, first_order=True
+        )
+    names, rates = list(params), alpha.rates(alpha_params, step)
+    learned = [n for n in names if isinstance(rates[n], Tensor)]  # learned alphas: meta-parameters
+    leaves, data_spec = tree_flatten(support)
+    data = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+
+    def one_step(tensors: list[Tensor]) -> tuple[Tensor, ...]:
+        theta = dict(zip(names, tensors, strict=False))
+        rate = rates | dict(zip(learned, tensors[len(names) :], strict=False))
+        task_leaves = list(leaves)
+        for i, t in zip(data, tensors[len(names) + len(learned) :], strict=True):
+            task_leaves[i] = t
+        grads, loss = torch.func.grad_and_value(task_loss)(theta, tree_unflatten(task_leaves, data_spec))
+        return (*(theta[n] - rate[n] * grads[n] for n in names), loss)  # as inner_step computes it
+
+    plan = _Recompute(one_step, len(names) + len(learned))
+    tensors = [params[n] for n in names] + [rates[n] for n in learned] + [leaves[i] for i in data]
+    *stepped, loss = _Recomputed.apply(plan, *tensors)
+    return dict(zip(names, stepped, strict=True)), loss
+
+
 def adapt(
     params: Params,
     alpha_params: Mapping[str, Tensor],
@@ -76,8 +224,12 @@ def adapt(
     task_loss: TaskLoss,
     alpha: AlphaSchedule,
     first_order: bool,
+    memory: str = "keep",
 ) -> tuple[Params, Tensor | None]:
     """`steps` inner steps from `params`; returns the adapted params and the support loss at step 0.
+
+    `memory`: keep every step's activations for an outer backward pass, or recompute each step in it
+    (`recomputed_step`); the same values and gradients either way.
 
     Example:
         >>> adapted, loss_before = adapt(theta, {}, support, 5, task_loss=task_loss, alpha=alpha,
@@ -85,9 +237,10 @@ def adapt(
         >>> sorted(adapted), bool(task_loss(adapted, support) < loss_before)
         (['bias', 'weight'], True)
     """
+    take_step = recomputed_step if check_memory(memory) == "recompute" else inner_step
     first_loss = None
     for k in range(steps):
-        params, loss = inner_step(
+        params, loss = take_step(
             params, alpha_params, k, support, task_loss=task_loss, alpha=alpha, first_order=first_order
         )
         if k == 0:
@@ -104,6 +257,7 @@ def task_meta_loss(
     alpha: AlphaSchedule,
     steps: int,
     first_order: bool,
+    memory: str = "keep",
 ) -> tuple[Tensor, Tensor]:
     """The query loss of one task after adaptation, and (as aux) its support loss before it.
 
@@ -124,6 +278,7 @@ def task_meta_loss(
         task_loss=task_loss,
         alpha=alpha,
         first_order=first_order,
+        memory=memory,
     )
     post_loss = task_loss(adapted, query)
     if pre_loss is None:  # no inner loop (the pretrain baseline): before == after

@@ -6,21 +6,27 @@ The whole computation is one pure function of the meta-parameters, batched over 
 paper's small networks). The meta-batch is processed in chunks of `chunk_size` tasks: each chunk's
 graph is freed before the next, so memory is bounded by the chunk, and the chunk gradients are
 summed, which equals the unchunked meta-gradient.
+
+Within a task, `memory="recompute"` bounds memory across inner steps: each inner step is recomputed
+in the backward pass instead of keeping its activations (see `mamlrun.maml.adapt`), for the same
+meta-gradient. That mode differentiates with `torch.autograd.grad`, in eager mode: `torch.func.grad`
+always differentiates with `create_graph=True`, which would keep every step's recomputation alive
+(through the cotangents' history) until the end of the backward pass.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from mamlrun.maml.adapt import TaskLoss, task_meta_loss
+from mamlrun.maml.adapt import TaskLoss, check_memory, task_meta_loss
 from mamlrun.maml.alpha import AlphaSchedule
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,19 @@ def task_slice(data: Any, start: int, stop: int) -> Any:
     return tree_map(lambda t: t[start:stop], data)
 
 
+def autograd_grad_and_value(fn: Callable[..., tuple[Tensor, Any]], params: Any, *args: Any):
+    """`torch.func.grad_and_value(fn, has_aux=True)(params, *args)` by `torch.autograd.grad`, which
+    builds no graph of the backward pass (torch.func's does), so a recomputed inner step's
+    activations are freed as soon as the backward pass has gone through it."""
+    leaves, spec = tree_flatten(params)
+    inputs = [t.detach().requires_grad_() for t in leaves]
+    with torch.enable_grad():
+        value, aux = fn(tree_unflatten(inputs, spec), *args)
+        grads = torch.autograd.grad(value, inputs, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
+    return tree_unflatten(grads, spec), (value.detach(), aux)
+
+
 class MetaObjective:
     """Computes `MetaGradient`s for a fixed task loss, alpha schedule, step count and order.
 
@@ -58,6 +77,10 @@ class MetaObjective:
         chunk_size: tasks per vmapped chunk (None: the whole meta-batch at once).
         compile: fuse the chunk computation with `torch.compile`; falls back to eager mode with a
             warning if compilation fails.
+        memory: keep (every inner step's activations stay for the backward pass; fastest) or
+            recompute (each inner step is recomputed in the backward pass: second-order memory per
+            task no longer grows with `steps`; eager mode, `compile` is not used); the same
+            meta-gradient either way.
 
     Example:
         >>> import torch
@@ -75,6 +98,9 @@ class MetaObjective:
         >>> result = objective(meta, support, query)  # two chunks of two tasks, summed
         >>> result.grads["model"]["weight"].shape, result.loss.shape
         (torch.Size([1, 1]), torch.Size([]))
+        >>> lean = MetaObjective(task_loss, alpha, steps=1, first_order=False, memory="recompute")
+        >>> torch.allclose(lean(meta, support, query).grads["model"]["weight"], result.grads["model"]["weight"])
+        True
     """
 
     def __init__(
@@ -85,10 +111,17 @@ class MetaObjective:
         first_order: bool,
         chunk_size: int | None = None,
         compile: bool = False,
+        memory: str = "keep",
     ) -> None:
         self.chunk_size = chunk_size
+        self.memory = check_memory(memory)
         one_task = functools.partial(
-            task_meta_loss, task_loss=task_loss, alpha=alpha, steps=steps, first_order=first_order
+            task_meta_loss,
+            task_loss=task_loss,
+            alpha=alpha,
+            steps=steps,
+            first_order=first_order,
+            memory=memory,
         )
         batched = torch.func.vmap(one_task, in_dims=(None, 0, 0), randomness="different")
 
@@ -96,7 +129,12 @@ class MetaObjective:
             post, pre = batched(meta_params, support, query)
             return post.sum() / total, (post.detach().sum(), pre.sum())
 
-        self._eager = torch.func.grad_and_value(chunk_loss, has_aux=True)
+        if self.memory == "recompute":
+            if compile:
+                log.info("memory=recompute computes the meta-gradient in eager mode, without torch.compile")
+            self._eager, compile = functools.partial(autograd_grad_and_value, chunk_loss), False
+        else:
+            self._eager = torch.func.grad_and_value(chunk_loss, has_aux=True)
         self._fn = torch.compile(self._eager, dynamic=False) if compile else self._eager
         self.compiled = compile
 

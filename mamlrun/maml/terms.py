@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mamlrun.maml.adapt import Params, TaskLoss, adapt
+from mamlrun.maml.adapt import Params, TaskLoss, adapt, check_memory
 from mamlrun.maml.alpha import AlphaSchedule
 from mamlrun.maml.objective import num_tasks, task_slice
 
@@ -38,6 +38,7 @@ def task_outer_terms(
     alpha: AlphaSchedule,
     steps: int,
     first_order: bool,
+    memory: str = "keep",
 ) -> Tensor:
     """Adapt one task on its support data from `meta_params`, then its outer terms on the query data."""
     adapted, _ = adapt(
@@ -48,6 +49,7 @@ def task_outer_terms(
         task_loss=task_loss,
         alpha=alpha,
         first_order=first_order,
+        memory=memory,
     )
     return query_loss(adapted, query)
 
@@ -67,6 +69,8 @@ class MetaTerms:
         names: ("model" | "alpha", name) of each meta-parameter, in the order the methods take them.
         support, query: the meta-batch, task dimension first.
         chunk_size: tasks per vmapped chunk (None: the whole meta-batch at once).
+        memory: keep (every inner step's activations stay for the backward pass) or recompute (each
+            inner step is recomputed in the backward pass); the same values, gradients and products.
 
     Example:
         >>> import torch
@@ -102,6 +106,7 @@ class MetaTerms:
         support: Any,
         query: Any,
         chunk_size: int | None = None,
+        memory: str = "keep",
     ) -> None:
         one_task = functools.partial(
             task_outer_terms,
@@ -110,6 +115,7 @@ class MetaTerms:
             alpha=alpha,
             steps=steps,
             first_order=first_order,
+            memory=check_memory(memory),
         )
         self._batched = torch.func.vmap(one_task, in_dims=(None, 0, 0), randomness="different")
         self.names = list(names)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mamlrun.domains.rl.base import TaskFamily
 from mamlrun.models.policy import gaussian_log_prob
-from mamlrun.runtime.errors import StepFailed
+from mamlrun.runtime.errors import StepFailed, UserError
 
 
 class RolloutError(StepFailed):
@@ -64,6 +64,12 @@ class EpisodeSampler:
             self._envs[num_envs] = self.family.make_env(num_envs)
         return self._envs[num_envs]
 
+    def _failure(self, exc: Exception) -> RolloutError:
+        """The one-line error an environment's exception becomes."""
+        return RolloutError(
+            f"environment {self.family.name} raised during a rollout: {type(exc).__name__}: {exc}"
+        )
+
     def close(self) -> None:
         for env in self._envs.values():
             env.close()
@@ -81,9 +87,15 @@ class EpisodeSampler:
     ) -> Episodes:
         """`rollouts` (default: the sampler's) episodes per task; `batched`: one parameter set per task."""
         n_tasks, r, horizon = len(tasks), rollouts or self.rollouts, self.family.horizon
-        env = self._env(n_tasks * r)
-        env.set_tasks([task for task in tasks for _ in range(r)])
-        obs = env.reset([int(s) for s in rng.integers(0, 2**31 - 1, size=n_tasks * r)])
+        seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=n_tasks * r)]
+        try:  # building, setting and resetting can fail too (e.g. an async worker that died)
+            env = self._env(n_tasks * r)
+            env.set_tasks([task for task in tasks for _ in range(r)])
+            obs = env.reset(seeds)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc) from None
         d, a = self.family.obs_dim, self.family.act_dim
         out_obs = torch.zeros(horizon, n_tasks, r, d, device=self.device)
         out_act = torch.zeros(horizon, n_tasks, r, a, device=self.device)
@@ -102,9 +114,7 @@ class EpisodeSampler:
             try:
                 obs, reward, done = env.step(action.reshape(n_tasks * r, a))
             except Exception as exc:
-                raise RolloutError(
-                    f"environment {self.family.name} raised during a rollout: {type(exc).__name__}: {exc}"
-                ) from None
+                raise self._failure(exc) from None
             out_rew[t] = (reward * alive).view(n_tasks, r).to(self.device)
             alive = alive & ~done
             if not alive.any():

@@ -49,6 +49,7 @@ def outer_terms(
         support=train,
         query=valid,
         chunk_size=parts.cfg.chunk_size,
+        memory=parts.cfg.get("memory", "keep"),
     )
 
 
