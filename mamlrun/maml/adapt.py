@@ -13,7 +13,7 @@ activations (and those of its inner backward pass). `memory="keep"` holds them a
 task grows with the number of inner steps; `memory="recompute"` keeps only each step's input
 parameters and recomputes the step when the outer gradient reaches it (activation checkpointing of
 the inner step), so memory per task is about one step's whatever the step count, for about one more
-forward and backward pass per step (Omniglot 20-way 1-shot, 20 steps: 1/19 of the memory for 1.14x the
+forward and backward pass per step (Omniglot 20-way 1-shot, 20 steps: 1/19 of the memory for 1.1-1.3x the
 time, scripts/bench_memory.py). Both give the same meta-gradient.
 
 The examples below share this set-up (a linear model, one regression task):
