@@ -40,8 +40,11 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix mamlrun tests scripts
 	$(BIN)/ruff format mamlrun tests scripts
 
-bench: install ## speed benchmarks against learn2learn, side by side in one process
+bench: install ## speed and memory benchmarks: vs learn2learn, memory=recompute, RL sampling, load and sweeps
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_memory.py
+	$(PY) scripts/bench_sampling.py
+	$(PY) scripts/bench_scaling.py
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache build dist *.egg-info
