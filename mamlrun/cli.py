@@ -69,7 +69,7 @@ def run_hydra(args: list[str]) -> None:
         hydra_cli.check_overrides(overrides, [CONF_DIR, *user_dirs])
     except hydra_cli.HydraArgumentError as exc:
         fail(exc)
-    overrides = [*overrides, *torchrun_rank_overrides(options)]
+    overrides = [*overrides, *torchrun_rank_overrides(options, overrides)]
     sys.argv = ["mamlrun", *options, *overrides]
     user_wants_tracebacks = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we report
@@ -119,9 +119,11 @@ def resume(
     run_hydra([*replaced_by(saved, given), *given, f"hydra.run.dir={run_dir.resolve()}", "hydra.mode=RUN"])
 
 
-def torchrun_rank_overrides(options: list[str]) -> list[str]:
+def torchrun_rank_overrides(options: list[str], overrides: list[str]) -> list[str]:
     """Under torchrun (WORLD_SIZE > 1), one run on several processes: a sweep cannot be one, and
-    ranks other than 0 get a scratch Hydra directory and no log file (rank 0 writes the run)."""
+    ranks other than 0 get a scratch Hydra directory and no log file (rank 0 writes the run). The
+    scratch directory is named after the command, so a rank killed before it could remove it
+    leaves one directory per command, reused when the command resumes."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return []
     if "-m" in options or "--multirun" in options:
@@ -129,10 +131,12 @@ def torchrun_rank_overrides(options: list[str]) -> list[str]:
     if int(os.environ.get("RANK", "0")) == 0:
         return []
     import atexit
+    import hashlib
     import shutil
     import tempfile
 
-    scratch = tempfile.mkdtemp(prefix=f"mamlrun-rank{os.environ['RANK']}-")
+    digest = hashlib.sha1("\0".join([os.getcwd(), *overrides]).encode()).hexdigest()[:12]
+    scratch = Path(tempfile.gettempdir()) / f"mamlrun-rank{os.environ['RANK']}-{digest}"
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     return [f"hydra.run.dir={scratch}", "hydra/job_logging=disabled"]
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def train_losses(run_dir: Path) -> list[float]:
 def test_two_processes_train_the_sinusoid_as_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run_cli("train", *smoke_overrides(one, *SINUSOID), cwd=tmp_path, check=True)
+    scratch_before = set(Path(tempfile.gettempdir()).glob("mamlrun-rank1-*"))
     proc = torchrun(*smoke_overrides(two, *SINUSOID), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_run(one, two)
@@ -84,7 +86,8 @@ def test_two_processes_train_the_sinusoid_as_one(tmp_path):
     assert "world size 2 (torch.distributed, cpu per rank)" in (two / "mamlrun.log").read_text()
     assert json.loads((two / "eval.json").read_text())["world_size"] == 2
     assert json.loads((one / "eval.json").read_text())["world_size"] == 1
-    assert not list(Path("/tmp").glob("mamlrun-rank1-*")), "rank 1's scratch directory is left behind"
+    left = set(Path(tempfile.gettempdir()).glob("mamlrun-rank1-*")) - scratch_before
+    assert not left, f"rank 1's scratch directory is left behind: {left}"
 
 
 @pytest.mark.slow

@@ -36,15 +36,6 @@ SCHEDULES = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Small conv workloads on a shared CPU: one torch thread is steadier (and faster) than several."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_alpha(schedule: str, model: nn.Module, steps: int, dtype: torch.dtype) -> nn.Module:
     """A schedule whose learned alphas differ per step and element, so a wrong index would show."""
     alpha = SCHEDULES[schedule](shapes(model), steps).to(dtype)
@@ -108,7 +99,7 @@ def image_loss(model: nn.Module):
 
 
 @pytest.mark.parametrize("schedule", ["constant", "learned", "meta_sgd"])
-def test_recompute_equals_keep_for_the_omniglot_network(schedule, one_thread):
+def test_recompute_equals_keep_for_the_omniglot_network(schedule):
     """conv4 with BatchNorm on batch statistics (second order under vmap is where a naive recompute
     fails), float32 as in training, 4 inner steps, tasks in chunks."""
     torch.manual_seed(0)
@@ -225,7 +216,7 @@ def omniglot_peak(memory: str, steps: int) -> float:
     return peak_allocated_mib(lambda: objective(meta, support, query))
 
 
-def test_recompute_memory_does_not_grow_with_inner_steps(one_thread):
+def test_recompute_memory_does_not_grow_with_inner_steps():
     keep = {steps: omniglot_peak("keep", steps) for steps in (2, 8)}
     recompute = {steps: omniglot_peak("recompute", steps) for steps in (2, 8)}
     assert keep[8] > 2 * keep[2], f"the measurement should see keep's growth: {keep}"
