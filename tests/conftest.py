@@ -58,12 +58,18 @@ def compose_config(overrides: Sequence[str] = (), hydra_cfg: bool = False) -> Di
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None, check: bool = False
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    env: dict | None = None,
+    check: bool = False,
+    launcher: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
-    """Run the real `mamlrun` command line (as `python -m mamlrun`)."""
+    """Run the real `mamlrun` command line (as `python -m mamlrun`, after `launcher`, e.g. torchrun's
+    `python -m torch.distributed.run --nproc_per_node=2`)."""
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "mamlrun", *args],
+        [*(launcher or [sys.executable]), "-m", "mamlrun", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -9,7 +9,6 @@ Omniglot images: data errors are caught before any image is read.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +17,7 @@ import torch
 
 from mamlrun.runtime import checkpoint as ckpt
 from tests.conftest import file_hashes, run_cli, smoke_overrides
+from tests.test_checkpoint import RunsCode
 
 
 class Case(NamedTuple):
@@ -200,16 +200,6 @@ CASES: list[Case] = [
         {"CUDA_VISIBLE_DEVICES": ""},
     ),
 ]
-
-
-class RunsCode:
-    """A pickle that would run a command when loaded (torch.load must refuse it)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")

@@ -31,16 +31,7 @@ SINUSOID = [
 
 def torchrun(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node=2 -m mamlrun train ...`, as a user types it."""
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*TORCHRUN, "-m", "mamlrun", "train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli("train", *args, cwd=cwd, timeout=timeout, env={"OMP_NUM_THREADS": "1"}, launcher=TORCHRUN)
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
