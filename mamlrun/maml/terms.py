@@ -6,7 +6,14 @@ Meta-RL's MAML-TRPO needs more of the same function: the surrogate loss and the 
 policies (two terms of one `query_loss`), the surrogate's gradient, products with the KL's Hessian
 for conjugate gradient, and plain values for the line search, each re-running the inner update
 from the meta-parameters. `MetaTerms` provides them and, like `MetaObjective`, holds at most
-`chunk_size` tasks' graphs at once; chunked results equal unchunked ones (the mean is a sum).
+`chunk_size` tasks' graphs at once.
+
+Every result is first computed per task (the meta-parameters enter each task as its own copy, so
+their gradients and products come out one per task), then gathered over the tasks and summed in
+task order. That makes the numbers bit-for-bit independent of how the tasks were split: into
+chunks, or over torchrun's ranks (`gather` collects every rank's tasks). TRPO needs this: its
+conjugate gradient on a nearly singular Fisher matrix turns a 1e-7 rounding difference into a
+different step.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ QueryLoss = Callable[[Params, Any], Tensor]
 """`query_loss(adapted_params, query) -> [terms]`: the outer terms of ONE task after adaptation."""
 
 HessianVectorProduct = Callable[[Tensor], Tensor]
+TaskGather = Callable[[Tensor], Tensor]
+"""`gather(per_task) -> all_tasks`: this process's per-task rows [t, ...] -> every task's [T, ...], in task order."""
 
 
 def task_outer_terms(
@@ -71,6 +80,8 @@ class MetaTerms:
         chunk_size: tasks per vmapped chunk (None: the whole meta-batch at once).
         memory: keep (every inner step's activations stay for the backward pass) or recompute (each
             inner step is recomputed in the backward pass); the same values, gradients and products.
+        gather: these tasks' per-task rows -> the whole meta-batch's (under torchrun each rank
+            holds a share of the tasks); default: these tasks are the meta-batch.
 
     Example:
         >>> import torch
@@ -107,6 +118,7 @@ class MetaTerms:
         query: Any,
         chunk_size: int | None = None,
         memory: str = "keep",
+        gather: TaskGather | None = None,
     ) -> None:
         one_task = functools.partial(
             task_outer_terms,
@@ -117,40 +129,57 @@ class MetaTerms:
             first_order=first_order,
             memory=check_memory(memory),
         )
-        self._batched = torch.func.vmap(one_task, in_dims=(None, 0, 0), randomness="different")
+        self._batched = torch.func.vmap(one_task, randomness="different")
         self.names = list(names)
-        self.total = num_tasks(support)
-        chunk = chunk_size or self.total
+        self.gather = gather or (lambda rows: rows)
+        held = num_tasks(support)
+        chunk = chunk_size or held
         self.chunks = [
             (
-                task_slice(support, start, min(start + chunk, self.total)),
-                task_slice(query, start, min(start + chunk, self.total)),
+                task_slice(support, start, min(start + chunk, held)),
+                task_slice(query, start, min(start + chunk, held)),
             )
-            for start in range(0, self.total, chunk)
+            for start in range(0, held, chunk)
         ]
 
-    def _chunk_mean(self, params: Sequence[Tensor], chunk: tuple[Any, Any]) -> Tensor:
-        """This chunk's share of the task-mean of the terms (its sum over tasks / all tasks)."""
+    def _chunk_terms(self, params: Sequence[Tensor], chunk: tuple[Any, Any]) -> tuple[Tensor, list[Tensor]]:
+        """This chunk's terms, one row per task, and the per-task copies of `params` they came from."""
+        tasks = num_tasks(chunk[0])
+        copies = [p.expand(tasks, *p.shape) for p in params]
         meta: dict[str, dict[str, Tensor]] = {"model": {}, "alpha": {}}
-        for (group, name), p in zip(self.names, params, strict=True):
+        for (group, name), p in zip(self.names, copies, strict=True):
             meta[group][name] = p
-        return self._batched(meta, *chunk).sum(0) / self.total
+        return self._batched(meta, *chunk), copies
+
+    def _mean(self, rows: list[Tensor]) -> Tensor:
+        """Per-task rows of this process's chunks -> the mean over the whole meta-batch (task order)."""
+        every_task = self.gather(torch.cat(rows))
+        return every_task.sum(0) / every_task.shape[0]
 
     @torch.no_grad()
     def values(self, params: Sequence[Tensor]) -> Tensor:
         """The task-mean of every term (no graph)."""
-        return sum(self._chunk_mean(params, chunk) for chunk in self.chunks)
+        return self._mean([self._chunk_terms(params, chunk)[0] for chunk in self.chunks])
+
+    def _per_task_grads(self, out: Tensor, copies: list[Tensor], **kwargs: Any) -> Tensor:
+        """d out.sum() / d copies, one flat row per task: [tasks, n_params]."""
+        grads = torch.autograd.grad(out.sum(), copies, allow_unused=True, **kwargs)
+        return torch.cat(
+            [
+                (torch.zeros_like(c) if g is None else g).reshape(c.shape[0], -1)
+                for c, g in zip(copies, grads, strict=True)
+            ],
+            dim=1,
+        )
 
     def gradient(self, params: Sequence[Tensor], term: int = 0) -> tuple[Tensor, list[Tensor]]:
         """The terms' values and the gradient of term `term` w.r.t. `params`, one chunk's graph at a time."""
-        values, grads = None, None
+        values, grads = [], []
         for chunk in self.chunks:
-            out = self._chunk_mean(params, chunk)
-            g = torch.autograd.grad(out[term], params, allow_unused=True)
-            g = [torch.zeros_like(p) if x is None else x for p, x in zip(params, g, strict=True)]
-            grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
-            values = out.detach() if values is None else values + out.detach()
-        return values, grads
+            out, copies = self._chunk_terms(params, chunk)
+            grads.append(self._per_task_grads(out[:, term], copies))
+            values.append(out.detach())
+        return self._mean(values), unflatten(self._mean(grads), params)
 
     def grad_and_hvp(
         self, params: Sequence[Tensor], grad_term: int, hvp_term: int
@@ -162,23 +191,33 @@ class MetaTerms:
         stays bounded by one chunk at the price of recomputation.
         """
         if len(self.chunks) == 1:
-            out = self._chunk_mean(params, self.chunks[0])
-            grad = flatten(torch.autograd.grad(out[grad_term], params, retain_graph=True))
-            hvp_grad = flatten(torch.autograd.grad(out[hvp_term], params, create_graph=True))
+            out, copies = self._chunk_terms(params, self.chunks[0])
+            grad = self._per_task_grads(out[:, grad_term], copies, retain_graph=True)
+            hvp_grad = self._per_task_grads(out[:, hvp_term], copies, create_graph=True)
 
             def hvp(v: Tensor) -> Tensor:
-                return flatten(torch.autograd.grad(hvp_grad.dot(v), params, retain_graph=True)).detach()
+                rows = self._per_task_grads(hvp_grad @ v, copies, retain_graph=True)
+                return self._mean([rows.detach()])
 
-            return out.detach(), grad.detach(), hvp
+            return self._mean([out.detach()]), self._mean([grad]), hvp
 
         values, grads = self.gradient(params, grad_term)
 
         def chunked_hvp(v: Tensor) -> Tensor:
-            total = torch.zeros_like(v)
+            rows = []
             for chunk in self.chunks:
-                out = self._chunk_mean(params, chunk)
-                g = flatten(torch.autograd.grad(out[hvp_term], params, create_graph=True))
-                total += flatten(torch.autograd.grad(g.dot(v), params)).detach()
-            return total
+                out, copies = self._chunk_terms(params, chunk)
+                g = self._per_task_grads(out[:, hvp_term], copies, create_graph=True)
+                rows.append(self._per_task_grads(g @ v, copies).detach())
+            return self._mean(rows)
 
         return values, flatten(grads), chunked_hvp
+
+
+def unflatten(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """A flat vector cut into tensors shaped like `like`."""
+    out, offset = [], 0
+    for p in like:
+        out.append(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return out

@@ -76,13 +76,32 @@ class World:
         self.sum([*grads, *scalars])
         return [v.reshape(()) for v in scalars]
 
+    def gather_tasks(self, rows: Tensor) -> Tensor:
+        """Every rank's per-task rows ([its tasks, ...], slices from `task_slice`), concatenated in
+        rank order: the whole meta-batch's rows, the same on every rank."""
+        if not self.distributed:
+            return rows
+        rows = rows.detach().contiguous()
+        counts = [torch.zeros((), dtype=torch.long, device=rows.device) for _ in range(self.size)]
+        dist.all_gather(counts, torch.tensor(rows.shape[0], device=rows.device))
+        longest = int(max(counts))
+        padded = torch.zeros(longest, *rows.shape[1:], dtype=rows.dtype, device=rows.device)
+        padded[: rows.shape[0]] = rows
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[: int(n)] for part, n in zip(parts, counts, strict=True)])
+
+    def max(self, value: int, device: torch.device) -> int:
+        """The largest of the ranks' `value`s."""
+        if not self.distributed:
+            return value
+        flag = torch.tensor([value], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
     def any_stop(self, signum: int | None, device: torch.device) -> int | None:
         """The stop signal if any rank got one (all ranks then stop at the same iteration)."""
-        if not self.distributed:
-            return signum
-        flag = torch.tensor([signum or 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
+        return self.max(signum or 0, device) or None
 
     def broadcast(self, value: object) -> object:
         """Rank 0's `value` on every rank (a path, a decision)."""

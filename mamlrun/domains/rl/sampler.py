@@ -6,6 +6,10 @@ horizon with a mask that is 1 for every step taken while the episode ran and 0 a
 the step gymnasium's NEXT_STEP autoreset inserts after an episode's end (a reset, reward 0) never
 reaches the data. Environment seeds come from the sampler's NumPy generator and action noise from
 its torch generator, so a batch is a function of those two RNG states.
+
+Under torchrun each rank samples only its `part` of the tasks but draws every task's seeds and
+noise, and the ranks agree on how many steps the longest episode took, so every rank's generators
+end where one process's would and a task's episodes do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import Tensor, nn
 
 from mamlrun.domains.rl.base import TaskFamily
 from mamlrun.models.policy import gaussian_log_prob
+from mamlrun.runtime.distributed import world
 from mamlrun.runtime.errors import StepFailed, UserError
 
 
@@ -84,10 +89,22 @@ class EpisodeSampler:
         rng: np.random.Generator,
         noise: torch.Generator,
         rollouts: int | None = None,
+        part: slice | None = None,
     ) -> Episodes:
-        """`rollouts` (default: the sampler's) episodes per task; `batched`: one parameter set per task."""
-        n_tasks, r, horizon = len(tasks), rollouts or self.rollouts, self.family.horizon
-        seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=n_tasks * r)]
+        """`rollouts` (default: the sampler's) episodes per task; `batched`: one parameter set per task.
+
+        `part`: sample only `tasks[part]` (this rank's share; `params`, if batched, are theirs),
+        drawing the RNGs as for all of `tasks` (see the module's docstring). Every rank must then
+        call with its part; without one (rank 0's validation) no rank is waited for.
+        """
+        shared = part is not None
+        r, horizon = rollouts or self.rollouts, self.family.horizon
+        part = slice(0, len(tasks)) if part is None else part
+        all_seeds = rng.integers(0, 2**31 - 1, size=len(tasks) * r)
+        seeds = [int(s) for s in all_seeds[part.start * r : part.stop * r]]
+        tasks = tasks[part]
+        n_tasks = len(tasks)
+        all_noise = (len(all_seeds) // r, r, self.family.act_dim)  # one draw per step for every task
         try:  # building, setting and resetting can fail too (e.g. an async worker that died)
             env = self._env(n_tasks * r)
             env.set_tasks([task for task in tasks for _ in range(r)])
@@ -106,7 +123,7 @@ class EpisodeSampler:
         for t in range(horizon):
             o = obs.to(self.device).view(n_tasks, r, d)
             mean, log_std = policy_distribution(self.policy, params, o, batched)
-            eps = torch.randn(mean.shape, generator=noise, device=self.device)
+            eps = torch.randn(all_noise, generator=noise, device=self.device)[part]
             action = mean + torch.exp(log_std) * eps
             out_obs[t], out_act[t] = o, action
             out_logp[t] = gaussian_log_prob(mean, log_std, action)
@@ -119,6 +136,10 @@ class EpisodeSampler:
             alive = alive & ~done
             if not alive.any():
                 break
+        taken = t + 1
+        longest = world().max(taken, self.device) if shared else taken
+        for _ in range(longest - taken):  # another rank's episodes ran longer: draw its noise too
+            torch.randn(all_noise, generator=noise, device=self.device)
 
         def tasks_first(x: Tensor) -> Tensor:
             return x.transpose(0, 1).contiguous()

@@ -5,6 +5,11 @@ Details every port must get right: validation episodes are fresh episodes of the
 the surrogate re-adapts from the same inner episodes with a graph, so its probability ratio starts
 at 1; the KL is between the adapted policies (the sampling one vs the one re-adapted from a
 candidate theta) on the validation observations, re-adapting per candidate.
+
+Under torchrun each rank holds its share of the meta-batch's tasks and the terms gather the
+per-task rows of every rank, so the surrogate's gradient, every Hessian-vector product of conjugate
+gradient and the line search's loss and KL are the whole meta-batch's on every rank, bit for bit
+those of one process, and TRPO moves theta identically everywhere.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import Tensor
 from mamlrun.domains.rl.sampler import Episodes, policy_distribution
 from mamlrun.maml.terms import MetaTerms
 from mamlrun.models.policy import gaussian_kl, gaussian_log_prob
+from mamlrun.runtime.distributed import World
 from mamlrun.trainers.rl.parts import RLParts
 
 
@@ -33,10 +39,16 @@ def surrogate_and_kl(parts: RLParts, adapted: dict[str, Tensor], valid: dict[str
 
 
 def outer_terms(
-    parts: RLParts, steps: int, first_order: bool, train: dict[str, Tensor], valid: dict[str, Tensor]
+    parts: RLParts,
+    steps: int,
+    first_order: bool,
+    train: dict[str, Tensor],
+    valid: dict[str, Tensor],
+    ranks: World | None = None,
 ) -> MetaTerms:
     """The meta-batch's mean [surrogate, KL] as a function of the meta-parameters (`parts.meta_parameters()`
-    order), re-adapting every task from its inner episodes, in chunks of `chunk_size` tasks."""
+    order), re-adapting every task from its inner episodes, in chunks of `chunk_size` tasks.
+    `train` and `valid` hold this rank's tasks (`ranks`: default one process, all of them)."""
     names = [("model", n) for n, _ in parts.policy.named_parameters()]
     names += [("alpha", n) for n, _ in parts.alpha.named_parameters()]
     return MetaTerms(
@@ -50,6 +62,7 @@ def outer_terms(
         query=valid,
         chunk_size=parts.cfg.chunk_size,
         memory=parts.cfg.get("memory", "keep"),
+        gather=(ranks or World()).gather_tasks,
     )
 
 

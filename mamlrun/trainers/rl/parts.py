@@ -30,7 +30,6 @@ from mamlrun.domains.rl.sampler import Episodes, EpisodeSampler
 from mamlrun.maml import AlphaSchedule, inner_step
 from mamlrun.models.policy import gaussian_log_prob
 from mamlrun.runtime import checkpoint as ckpt
-from mamlrun.runtime.distributed import world
 from mamlrun.runtime.errors import UserError, require_int
 from mamlrun.runtime.seeding import seed_everything
 from mamlrun.trainers.recipe import all_finite
@@ -164,11 +163,6 @@ class RLParts:
 
 def build(cfg: DictConfig) -> RLParts:
     """The parts of a meta-RL run, checked to fit together (one-line errors if not)."""
-    if world().distributed:  # each rank would sample and update the whole meta-batch: no gain, all cost
-        raise UserError(
-            f"meta-RL ({cfg.domain.name}) does not run under torchrun yet (world size {world().size}): "
-            "run it as one process; supervised domains run on several"
-        )
     device = resolve_device(cfg.device)
     seed_everything(int(cfg.seed))
     family = construct(cfg.domain.tasks, "domain.tasks")

@@ -4,12 +4,20 @@ sample meta_batch tasks; rollouts episodes of each with theta; advantages (basel
 adapt: inner_steps REINFORCE steps per task (vmapped)
 fresh validation episodes with each adapted policy; their advantages
 outer step on the surrogate through the inner update: TRPO (or a plain torch optimizer)
+
+Under torchrun every rank draws the same tasks, samples and adapts its slice of them, and sums its
+outer terms' per-task rows with the other ranks' (`objective.outer_terms`), so all ranks take the
+same step.
 """
 
 from __future__ import annotations
 
 import time
 
+import torch
+from torch import Tensor
+
+from mamlrun.runtime.distributed import World, world
 from mamlrun.trainers.recipe import Metrics
 from mamlrun.trainers.rl.objective import outer_terms, validation_data
 from mamlrun.trainers.rl.parts import RLParts
@@ -18,21 +26,23 @@ from mamlrun.trainers.rl.trpo import TRPO, trpo_step
 
 def step(parts: RLParts) -> Metrics:
     """Update theta (and learned alphas) once; returns returns before/after adaptation and the update's figures."""
-    cfg, rngs = parts.cfg, parts.rngs
+    cfg, rngs, ranks = parts.cfg, parts.rngs, world()
     meta_batch, steps = int(cfg.meta_batch), int(cfg.inner_steps)
     t0 = time.perf_counter()
     tasks = parts.tasks.sample_tasks(meta_batch, rngs.tasks)
+    mine = ranks.task_slice(meta_batch)
     theta = {k: v.detach() for k, v in parts.params().items()}
-    train_eps = parts.sampler.sample(tasks, theta, False, rngs.envs, rngs.noise)
+    train_eps = parts.sampler.sample(tasks, theta, False, rngs.envs, rngs.noise, part=mine)
     train_data = parts.task_data(train_eps)
-    adapted = {k: v.expand(meta_batch, *v.shape) for k, v in theta.items()}
+    adapted = {k: v.expand(mine.stop - mine.start, *v.shape) for k, v in theta.items()}
     for k in range(steps):
         adapted = parts.adapt_tasks(adapted, train_data, k)
-    valid_eps = parts.sampler.sample(tasks, adapted, True, rngs.envs, rngs.noise)
+    valid_eps = parts.sampler.sample(tasks, adapted, True, rngs.envs, rngs.noise, part=mine)
     valid_data = validation_data(parts, adapted, valid_eps)
     t1 = time.perf_counter()
 
-    terms = outer_terms(parts, steps, bool(cfg.order.first_order), train_data, valid_data)
+    first_order = bool(cfg.order.first_order)
+    terms = outer_terms(parts, steps, first_order, train_data, valid_data, ranks)
     params = [p for m in parts.modules() for p in m.parameters()]
     if isinstance(parts.outer, TRPO):
         info = trpo_step(params, terms, parts.outer)
@@ -51,12 +61,25 @@ def step(parts: RLParts) -> Metrics:
         update = {"train/surrogate_before": float(values[0]), "train/kl": float(values[1])}
     t2 = time.perf_counter()
 
-    env_steps = train_eps.env_steps + valid_eps.env_steps
+    return_pre, return_post, env_steps = summed(
+        ranks,
+        parts.device,
+        train_eps.returns().sum() / (meta_batch * train_eps.returns().shape[1]),
+        valid_eps.returns().sum() / (meta_batch * valid_eps.returns().shape[1]),
+        torch.as_tensor(float(train_eps.env_steps + valid_eps.env_steps)),
+    )
     return {
-        "train/return_pre": float(train_eps.returns().mean()),
-        "train/return_post": float(valid_eps.returns().mean()),
+        "train/return_pre": return_pre,
+        "train/return_post": return_post,
         **update,
         "perf/sample_s": t1 - t0,
         "perf/update_s": t2 - t1,
-        "perf/env_steps_per_s": env_steps / max(t1 - t0, 1e-9),
+        "perf/env_steps_per_s": env_steps / max(t1 - t0, 1e-9),  # all ranks' steps
     }
+
+
+def summed(ranks: World, device: torch.device, *values: Tensor) -> list[float]:
+    """Scalars summed over the ranks (each rank's share of a mean, or its count)."""
+    flat = torch.stack([v.detach().reshape(()).to(device, torch.float64) for v in values])
+    ranks.sum([flat])
+    return [float(v) for v in flat]
