@@ -45,6 +45,7 @@ bench: install ## speed and memory benchmarks: vs learn2learn, memory=recompute,
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_sampling.py
 	$(PY) scripts/bench_scaling.py
+	$(PY) scripts/bench_torchrun.py
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache build dist *.egg-info
