@@ -82,8 +82,8 @@ class World:
         if not self.distributed:
             return rows
         rows = rows.detach().contiguous()
-        counts = [torch.zeros((), dtype=torch.long, device=rows.device) for _ in range(self.size)]
-        dist.all_gather(counts, torch.tensor(rows.shape[0], device=rows.device))
+        counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(self.size)]
+        dist.all_gather(counts, torch.tensor([rows.shape[0]], device=rows.device))
         longest = int(max(counts))
         padded = torch.zeros(longest, *rows.shape[1:], dtype=rows.dtype, device=rows.device)
         padded[: rows.shape[0]] = rows
