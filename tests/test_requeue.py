@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.runtime import signals
 from mamlrun.runtime.errors import Interrupted, TrainingDiverged
 from mamlrun.runtime.lock import LOCK_FILE
 from mamlrun.runtime.signals import GracefulStop
@@ -170,6 +171,29 @@ def test_in_a_submitit_job_its_signal_is_handed_to_submitit_after_the_block(hand
         raise Interrupted(stop.requested, "stopped")
     assert exited.value.code == 144 and CALLS == [signal.SIGUSR2]
     assert signal.getsignal(signal.SIGUSR2) is fake_submitit_handler
+
+
+def test_rank_0_requeues_on_the_agreed_signal_though_another_rank_got_it(handlers, monkeypatch):
+    """slurm_ddp: USR2 reached rank 1 only; the ranks agree on it, and rank 0 requeues the job."""
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    with pytest.raises(SystemExit) as exited, GracefulStop(requeues=True) as stop:
+        assert stop.requested is None and not stop.requeue
+        stop.agree(int(signal.SIGUSR2))
+        assert stop.requeue
+        raise Interrupted(stop.requested, "stopped")
+    assert exited.value.code == 144 and CALLS == [signal.SIGUSR2]
+
+
+def test_a_rank_above_0_waits_for_the_requeue_instead_of_exiting_first(handlers, monkeypatch):
+    """A task that exits first could make Slurm kill rank 0 before it requeues: ranks > 0 wait to
+    be ended by the requeue (here the wait is recorded, not slept) and never requeue themselves."""
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    waits: list[float] = []
+    monkeypatch.setattr("mamlrun.runtime.signals.time.sleep", waits.append)
+    with pytest.raises(Interrupted), GracefulStop(requeues=False) as stop:
+        signal.raise_signal(signal.SIGUSR2)
+        raise Interrupted(stop.requested, "stopped")
+    assert waits == [signals.REQUEUE_WAIT_S] and CALLS == []
 
 
 def test_in_a_submitit_job_an_error_after_the_signal_is_not_requeued(handlers, monkeypatch):

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mamlrun.runtime import slurm
 from mamlrun.runtime.errors import ConfigError
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a rank that waits longer than this for the others fails
@@ -134,8 +135,10 @@ def launched_world() -> World:
 
 
 def start(device_name: str) -> World:
-    """Join the process group the environment describes (gloo on CPU, nccl on CUDA); size 1: nothing."""
+    """Join the process group the environment describes (torchrun's variables, or a multi-task
+    Slurm job's through submitit); gloo on CPU, nccl on CUDA; size 1: nothing."""
     global _WORLD
+    slurm.export_world_from_slurm(device_name)  # a task of a multi-task Slurm job: RANK, ... from SLURM_*
     described = launched_world()
     if described.size > 1 and not dist.is_initialized():
         cuda = device_name != "cpu" and torch.cuda.is_available()

@@ -11,6 +11,10 @@ over while the loop runs: the loop finishes its iteration and saves last.pt, and
 the block submitit's own handler runs, as if the signal had just come: it requeues the job (which
 resumes from last.pt in the same run directory) and exits. SIGTERM stays with submitit there (it
 ignores it: Slurm sends it around preemption and requeue, the signal above is the one to act on).
+
+In a job of several tasks (`hydra/launcher=slurm_ddp`) the ranks agree on the signal (`agree`), so
+rank 0 requeues even when only another rank got it; the other ranks do not exit first (a task
+that fails could make Slurm kill rank 0 before it requeues): they wait for the requeue to end them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
@@ -27,6 +32,7 @@ from mamlrun.runtime.errors import Interrupted
 log = logging.getLogger(__name__)
 
 Handler = Callable[[int, FrameType | None], object]
+REQUEUE_WAIT_S = 120.0  # how long a rank > 0 waits for rank 0's requeue to end it before it exits
 
 
 def submitit_signal() -> tuple[int, Handler] | None:
@@ -53,8 +59,9 @@ class GracefulStop:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, requeues: bool = True) -> None:
         self.requested: int | None = None
+        self.requeues = requeues  # False on ranks > 0: rank 0 requeues the job for all of them
         self._previous: dict[int, object] = {}
         self._submitit: tuple[int, Handler] | None = None
 
@@ -62,6 +69,11 @@ class GracefulStop:
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signum
+
+    def agree(self, signum: int | None) -> None:
+        """The signal all ranks agreed to stop on (it may have reached another rank only)."""
+        if signum is not None:
+            self.requested = signum
 
     @property
     def requeue(self) -> bool:
@@ -87,6 +99,10 @@ class GracefulStop:
         if self.requeue and self._submitit is not None and (kind is None or issubclass(kind, Interrupted)):
             signum, handler = self._submitit
             self._submitit = None
+            if not self.requeues:
+                log.info("rank 0 requeues the job; waiting for that to end this task")
+                time.sleep(REQUEUE_WAIT_S)
+                return
             done = str(exc).split("; resume with:")[0] if exc is not None else "training had ended"
             log.warning(
                 "%s: %s; submitit requeues the job, which resumes from there",

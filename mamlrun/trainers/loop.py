@@ -248,7 +248,11 @@ def run_iterations(
             ckpt.save_checkpoint(folder / name, state(iteration))
 
     window_start, window_iters = time.perf_counter(), 0
-    with GracefulStop() as stop, logging_redirect_tqdm(), progress_bar(cfg, total, start) as bar:
+    with (
+        GracefulStop(requeues=ranks.is_main) as stop,
+        logging_redirect_tqdm(),
+        progress_bar(cfg, total, start) as bar,
+    ):
         for it in range(start, total):
             at_start = copy.deepcopy(state(it)) if parts.save_on_step_failure else None
             try:
@@ -290,6 +294,8 @@ def run_iterations(
             if stopping or step == total or (ckpt_every and step % ckpt_every == 0):
                 save(ckpt.LAST, step)
             if stopping:
+                stop.agree(stopping)
+                ranks.barrier()  # no rank leaves before rank 0's last.pt is written
                 raise Interrupted(
                     stopping,
                     f"stopped by signal {stopping} at iteration {step}; "
