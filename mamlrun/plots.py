@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 class Curve(Protocol):
     """One meta-test curve (mamlrun.evaluation.CurveResult has these fields)."""
 
+    metric: str
     shots: int
     steps: list[int]
     mean: list[float]
@@ -45,10 +46,13 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 def draw_curves(results: Sequence[Curve], title: str, ylabel: str, label: str = "K={shots}") -> Figure:
     """Metric vs test-time steps, mean with a shaded 95% CI, one line per curve (`label` may use
-    {shots}), whole-number step ticks, the paper's figures as stars."""
+    {shots}; prefixed with the metric's name when the curves measure more than one), whole-number
+    step ticks, the paper's figures as stars."""
     fig, (ax,) = new_figure(1, 5.5, 4)
+    several = len({r.metric for r in results}) > 1
     for r in results:
-        ax.plot(r.steps, r.mean, marker="o", ms=3, label=label.format(shots=r.shots))
+        name = label.format(shots=r.shots)
+        ax.plot(r.steps, r.mean, marker="o", ms=3, label=f"{r.metric}, {name}" if several else name)
         low = [m - c for m, c in zip(r.mean, r.ci95, strict=True)]
         high = [m + c for m, c in zip(r.mean, r.ci95, strict=True)]
         ax.fill_between(r.steps, low, high, alpha=0.2)

@@ -192,9 +192,12 @@ def check_checkpoint_fits_run(cfg: DictConfig, path: Path, run_dir: Path) -> Non
 
 def upgrade_config(cfg: DictConfig) -> None:
     """Give the config of a checkpoint written by an older mamlrun the keys this one reads
-    (meta-RL runs before eval.episodes existed used domain.rollouts episodes per test step)."""
+    (meta-RL runs before eval.episodes existed used domain.rollouts episodes per test step;
+    supervised runs before eval.support_range existed drew support points from the whole range)."""
     if cfg.domain.kind == "rl" and "episodes" not in cfg.eval:
         cfg.eval.episodes = cfg.domain.rollouts
+    if cfg.domain.kind != "rl" and "support_range" not in cfg.eval:
+        cfg.eval.support_range = None
 
 
 def apply_overrides(

@@ -100,6 +100,22 @@ CASES: list[Case] = [
     Case(f"{SMOKE} eval.use=worst", "eval.use='worst' is invalid: choose best or last"),
     Case(f"{SMOKE} eval.query=0", "eval.query=0 is invalid"),
     Case(f"{SMOKE} eval.shots=[5,0]", "eval.shots[1]=0 is invalid"),
+    Case(
+        f"{SMOKE} eval.support_range=[0,6]",
+        "eval.support_range=[0.0, 6.0] is invalid: need x_range[0] <= low",
+    ),
+    Case(
+        f"{SMOKE} eval.support_range=[-5,5]",
+        "eval.support_range=[-5.0, 5.0] is invalid: covers all of x_range",
+    ),
+    Case(
+        f"{SMOKE} eval.support_range=[3,1]", "eval.support_range=[3, 1] is invalid: need finite low <= high"
+    ),
+    Case(
+        f"{SMOKE} eval.support_range=5",
+        "eval.support_range=5 is invalid: give a [low, high] pair, e.g. [0, 5]",
+    ),
+    Case(f"{NAV} eval.support_range=[0,5]", "no setting named 'eval.support_range'; valid keys under eval: "),
     Case(f"{SMOKE} checkpoint.every=-1", "checkpoint.every=-1 is invalid"),
     Case(f"{SMOKE} checkpoint.resume=perhaps", "checkpoint.resume='perhaps' is invalid: "),
     Case(f"{SMOKE} progress=2", "progress=2 is invalid: progress (the progress bar) is true or false"),
@@ -187,6 +203,10 @@ CASES: list[Case] = [
     Case("eval RUN domain.ways=20", "override 'domain.ways=20': no setting named 'domain.ways'"),
     Case("eval RUN meta_batch=3", "override 'meta_batch=3' cannot take effect in mamlrun eval"),
     Case("eval RUN eval.tasks=abc", "eval.tasks='abc' is invalid"),
+    Case(
+        "eval RUN eval.support_range=[0,9]",
+        "eval.support_range=[0.0, 9.0] is invalid: need x_range[0] <= low",
+    ),
     Case("eval RUN eval.steps=1,2", "override 'eval.steps=1,2': only key=value is allowed here"),
     Case("eval RUN eval.steps=3 eval.steps=4", "eval.steps is given twice"),
     Case("eval RUN -m", "'-m': mamlrun eval takes key=value overrides only"),

@@ -3,6 +3,10 @@
 Test tasks come from `eval.seed` and validation tasks from `eval.val_seed` (never the training
 seed), so every run and every re-evaluation sees the same tasks. Inner steps at test time are
 first order: no outer gradient is needed.
+
+`eval.support_range` (regression, the paper's extrapolation experiment) redraws each test and
+validation task's support points from a sub-range of the inputs; the meta-test then reports the
+metric on the whole range (`mse`) and on the inputs outside the sub-range only (`mse_unseen`).
 """
 
 from __future__ import annotations
@@ -53,16 +57,23 @@ def adaptation_curves(parts: SupervisedParts, tasks: TaskBatch, steps: int) -> T
     return torch.cat(rows)
 
 
+def eval_tasks(parts: SupervisedParts, num_tasks: int, shots: int, seed: int, split: str) -> list[TaskBatch]:
+    """Fixed tasks from `seed`: [the batch], or with eval.support_range [the batch with its support
+    points from the range, the same with query points outside it]."""
+    cfg, g = parts.cfg, generator(seed, parts.device)
+    tasks = parts.sample(num_tasks, shots, int(cfg.eval.query), g, split)
+    support_range = cfg.eval.get("support_range")
+    if support_range is None:
+        return [tasks]
+    return list(parts.tasks.restrict_support(tasks, support_range, g))
+
+
 def validate(parts: SupervisedParts) -> float:
-    """The metric after eval.steps test-time steps on the fixed validation tasks."""
+    """The metric after eval.steps test-time steps on the fixed validation tasks (the whole range)."""
     cfg = parts.cfg
-    val_set = parts.sample(
-        int(cfg.eval.val_tasks),
-        int(cfg.domain.shots),
-        int(cfg.eval.query),
-        generator(cfg.eval.val_seed, parts.device),
-        "val",
-    )
+    val_set = eval_tasks(
+        parts, int(cfg.eval.val_tasks), int(cfg.domain.shots), int(cfg.eval.val_seed), "val"
+    )[0]
     return float(adaptation_curves(parts, val_set, int(cfg.eval.steps))[:, -1].mean())
 
 
@@ -72,12 +83,11 @@ def meta_test(parts: SupervisedParts, out_dir: Path) -> MetaTestOutcome:
     steps = int(cfg.eval.steps)
     results, test_sets = [], {}
     for shots in (int(k) for k in cfg.eval.shots):
-        tasks = parts.sample(
-            int(cfg.eval.tasks), shots, int(cfg.eval.query), generator(cfg.eval.seed, parts.device), "test"
-        )
-        curves = adaptation_curves(parts, tasks, steps)
-        results.append(to_result(curves, spec.name, shots, paper_numbers(cfg, shots)))
-        test_sets[shots] = tasks
+        batches = eval_tasks(parts, int(cfg.eval.tasks), shots, int(cfg.eval.seed), "test")
+        for batch, name in zip(batches, [spec.name, f"{spec.name}_unseen"], strict=False):
+            paper = paper_numbers(cfg, shots) if len(batches) == 1 else {}
+            results.append(to_result(adaptation_curves(parts, batch, steps), name, shots, paper))
+        test_sets[shots] = batches[0]
     figures = {}
     if parts.tasks.adaptation_figure is not None:
         figures["eval/adaptation"] = parts.tasks.adaptation_figure(
@@ -87,7 +97,12 @@ def meta_test(parts: SupervisedParts, out_dir: Path) -> MetaTestOutcome:
         results=results,
         spec=spec,
         title=f"{cfg.domain.name}: meta-test ({spec.name}, 95% CI)",
-        description=f"on {cfg.eval.tasks} fixed tasks per K (eval.seed={cfg.eval.seed})",
+        description=f"on {cfg.eval.tasks} fixed tasks per K (eval.seed={cfg.eval.seed})"
+        + (
+            f", support points from {list(cfg.eval.support_range)} only ({spec.name}_unseen: query points outside it)"
+            if cfg.eval.get("support_range") is not None
+            else ""
+        ),
         headline=results[0].final,
         figures=figures,
     )

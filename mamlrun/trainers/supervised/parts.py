@@ -200,6 +200,7 @@ def check_fit(cfg: DictConfig, tasks: TaskDistribution, model: nn.Module, device
         tasks.check(shots, int(cfg.eval.query), "val", keys=("domain.shots", "eval.query"))
     for k in cfg.eval.shots:
         tasks.check(int(k), int(cfg.eval.query), "test", keys=("eval.shots", "eval.query"))
+    check_support_range(cfg, tasks)
     x = tasks.sample(1, shots, 1, generator(0, device), device).support[0][0]
     try:
         with torch.no_grad():
@@ -214,3 +215,19 @@ def check_fit(cfg: DictConfig, tasks: TaskDistribution, model: nn.Module, device
         raise UserError(
             f"model {cfg.model._target_} gives {out.shape[-1]} outputs per example; domain {cfg.domain.name} needs {want}"
         )
+
+
+def check_support_range(cfg: DictConfig, tasks: TaskDistribution) -> None:
+    """`eval.support_range` needs a domain whose inputs have a range to restrict (the sinusoid)."""
+    support_range = cfg.eval.get("support_range")
+    if support_range is None:
+        return
+    if not hasattr(tasks, "restrict_support"):
+        raise ConfigError(
+            "eval.support_range",
+            list(support_range),
+            f"domain {cfg.domain.name} has no input range to restrict; only regression (sinusoid) has: use null",
+        )
+    if not isinstance(support_range, ListConfig | list):
+        raise ConfigError("eval.support_range", support_range, "give a [low, high] pair, e.g. [0, 5]")
+    tasks.check_support_range(list(support_range))
