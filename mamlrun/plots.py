@@ -1,12 +1,14 @@
-"""The meta-test's figure, written into the run directory (and attached to W&B).
+"""The run's figures, written into the run directory (and attached to W&B).
 
-`curve_figure` draws the metric against test-time steps with 95% CI bands, one line per K. Figures
+`curve_figure` draws the meta-test metric against test-time steps with 95% CI bands, one line per
+K; `training_curve_figure` draws the training metrics against meta-iterations. Figures
 that belong to one domain (the sinusoid's Figure 2, nav2d's paths) live in that domain's module
 and use `new_figure` / `save_figure` from here.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -74,3 +76,24 @@ def curve_figure(
 ) -> Path:
     """`draw_curves`, saved to `path`."""
     return save_figure(draw_curves(results, title, ylabel, label), path)
+
+
+def training_curve_figure(metrics: Path, keys: Sequence[str], path: Path, title: str) -> Path | None:
+    """The `keys` recorded in a run's metrics.jsonl against meta-iterations, saved to `path`
+    (validation keys as markers); None when none of them was recorded."""
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    series = {key: [(row["step"], row[key]) for row in rows if row.get(key) is not None] for key in keys}
+    series = {key: points for key, points in series.items() if points}
+    if not series:
+        return None
+    fig, (ax,) = new_figure(1, 6.5, 4)
+    for key, points in series.items():
+        steps, values = zip(*points, strict=True)
+        marker = "o" if key.startswith("val/") else None
+        ax.plot(steps, values, marker=marker, ms=4, lw=1.2 if marker is None else 0.8, label=key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("meta-iteration")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)

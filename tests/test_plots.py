@@ -3,11 +3,14 @@ ticks, and legend entries in the kind's own words (episodes per step for meta-RL
 
 from __future__ import annotations
 
+import json
+
+import matplotlib.image
 import torch
 
 from mamlrun.domains.sinusoid import SinusoidTasks
 from mamlrun.evaluation import to_result
-from mamlrun.plots import draw_curves
+from mamlrun.plots import draw_curves, training_curve_figure
 from mamlrun.runtime.seeding import generator
 from mamlrun.trainers.rl.meta_test import RETURN
 
@@ -38,3 +41,24 @@ def test_sinusoid_figure_labels_every_panel():
         assert ax.get_xlabel() and ax.get_ylabel()
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert labels == ["ground truth", "pre-update", "1 grad step", "10 grad steps", "K points"]
+
+
+def test_curves_of_two_metrics_say_which_is_which():
+    """The extrapolation meta-test draws mse and mse_unseen for each K: the legend names the metric."""
+    values = torch.rand(10, 3)
+    results = [to_result(values, name, 5) for name in ("mse", "mse_unseen")]
+    fig = draw_curves(results, "sinusoid", "mse")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["mse, K=5", "mse_unseen, K=5"]
+
+
+def test_the_training_curve_draws_the_recorded_keys_against_iterations(tmp_path):
+    rows = [{"step": s, "train/return_pre": -s, "train/return_post": -s / 2} for s in (10, 20, 30)]
+    rows.append({"step": 30, "val/return_step1": -5.0})
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keys = ("train/return_pre", "train/return_post", "val/return_step1", "train/never_recorded")
+    path = training_curve_figure(metrics, keys, tmp_path / "curve.png", "nav2d")
+    assert matplotlib.image.imread(path).shape[0] > 300
+    assert training_curve_figure(metrics, ("train/loss",), tmp_path / "none.png", "x") is None
+    assert not (tmp_path / "none.png").exists()

@@ -348,6 +348,7 @@ def test_smoke_presets_run_two_iterations_on_real_environments(tmp_path, preset)
     assert result["metric"] == "return" and len(result["steps"]) == 4
     assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 2
     assert (tmp_path / "trajectories.png").exists() == preset.startswith("nav2d")
+    assert (tmp_path / "training_curve.png").stat().st_size > 10_000  # returns before/after adaptation
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if "train/return_pre" in m]
     assert [m["step"] for m in train] == [1, 2]

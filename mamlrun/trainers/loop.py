@@ -25,6 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mamlrun.config_checks import describe_differences, run_defining_differences
 from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, format_table, report
+from mamlrun.plots import training_curve_figure
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.distributed import world
 from mamlrun.runtime.errors import Interrupted, StepFailed, TrainingDiverged, UserError
@@ -33,6 +34,8 @@ from mamlrun.runtime.progress import progress_bar
 from mamlrun.runtime.signals import GracefulStop
 from mamlrun.runtime.tracking import METRICS_FILE, Tracker
 from mamlrun.trainers.recipe import Metrics, Parts, Recipe
+
+TRAINING_CURVE_PNG = "training_curve.png"  # the run's training metrics against meta-iterations
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,7 @@ def train_locked(
         if not ranks.is_main:  # rank 0 alone validates, meta-tests and writes
             exit_code = 0
             return float("nan")
+        draw_training_curve(parts, cfg, run_dir, tracker)
         wandb_on = tracker.wandb_run is not None  # W&B's closing summary would scroll the table away
         outcome = meta_test(
             recipe,
@@ -194,6 +198,15 @@ def train_locked(
         table = format_table(outcome.results, outcome.spec)
         log.info("meta-test on the checkpoint (also in %s)\n%s", run_dir / EVAL_JSON, table)
     return sweep_result(cfg, run_dir, best, outcome.headline)
+
+
+def draw_training_curve(parts: Parts, cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
+    """training_curve.png: the run's training metrics (and validation) against meta-iterations."""
+    keys = (*parts.curve_keys, *([parts.validation_key] if parts.validation_key else []))
+    title = f"{cfg.domain.name}: training ({cfg.order.name} order, meta-batch {cfg.meta_batch})"
+    path = training_curve_figure(run_dir / METRICS_FILE, keys, run_dir / TRAINING_CURVE_PNG, title)
+    if path is not None:
+        tracker.log_figure("train/curve", path, step=int(cfg.meta_iterations))
 
 
 def resume(parts: Parts, run_dir: Path, state: dict[str, Any] | None) -> tuple[int, dict[str, float]]:

@@ -32,12 +32,14 @@ class Parts(Protocol):
         higher_is_better: the direction of the validation metric (picks best.pt).
         save_on_step_failure: keep a copy of the state at the start of every iteration, so a step
             that raises `StepFailed` (an environment failure) leaves a checkpoint that repeats it.
+        curve_keys: the training metrics the run's learning-curve figure shows (training_curve.png).
     """
 
     device: torch.device
     validation_key: str | None
     higher_is_better: bool
     save_on_step_failure: bool
+    curve_keys: tuple[str, ...]
 
     def state_dict(self) -> dict[str, Any]:
         """Meta-parameters, alphas, optimizer and every RNG: what exact resume needs (weights_only-safe)."""

@@ -74,6 +74,7 @@ class RLParts:
     rngs: RNGs
     higher_is_better = True  # returns
     save_on_step_failure = True  # an environment may raise mid-iteration, after the RNGs moved
+    curve_keys = ("train/return_pre", "train/return_post")  # before and after adaptation
 
     def params(self) -> dict[str, Tensor]:
         return dict(self.policy.named_parameters())

@@ -98,6 +98,7 @@ class SupervisedParts:
     sampler: torch.Generator  # draws the meta-training batches
     sizes: TaskSizes
     save_on_step_failure = False  # a step changes nothing before its optimizer step
+    curve_keys = ("train/support_loss_pre", "train/loss")  # before adaptation, and the meta-loss after it
 
     # ------------------------------------------------------------------ the task loss and metric
     def task_loss(self, params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
