@@ -46,6 +46,7 @@ from mamlrun.trainers.supervised import CLASSIFICATION_RECIPE, REGRESSION_RECIPE
 
 log = logging.getLogger("mamlrun")
 MISSING_KEY = object()
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the config groups (logger=none in `mamlrun eval`)
 
 RECIPES: dict[str, Recipe] = {
     "regression": REGRESSION_RECIPE,
@@ -239,4 +240,21 @@ def apply_overrides(
                 f"override {override.input_line!r} cannot take effect in {command}: the checkpoint fixes it; "
                 f"valid keys: {', '.join(MAY_CHANGE_ON_EVAL)} (and the keys under them)"
             )
-        OmegaConf.update(cfg, key, override.value())
+        value = override.value()
+        if isinstance(OmegaConf.select(cfg, key), DictConfig) and isinstance(value, str):
+            value = group_option(key, value, override.input_line)  # e.g. logger=none
+        OmegaConf.update(cfg, key, value, merge=False)
+
+
+def group_option(group: str, option: str, given: str) -> DictConfig:
+    """The settings of option `option` of config group `group` (conf/<group>/<option>.yaml), for an
+    override like `logger=none` outside Hydra's composition."""
+    folder = CONF_DIR / group.replace(".", "/")
+    if not folder.is_dir():
+        raise UserError(
+            f"override {given!r}: {group} holds settings; set them one by one ({group}.<key>=...)"
+        )
+    options = sorted(path.stem for path in folder.glob("*.yaml"))
+    if option not in options:
+        raise UserError(f"override {given!r}: no such option in group {group}; valid: {', '.join(options)}")
+    return OmegaConf.load(folder / f"{option}.yaml")

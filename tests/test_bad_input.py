@@ -204,6 +204,9 @@ CASES: list[Case] = [
     Case("eval RUN meta_batch=3", "override 'meta_batch=3' cannot take effect in mamlrun eval"),
     Case("eval RUN eval.tasks=abc", "eval.tasks='abc' is invalid"),
     Case(
+        "eval RUN logger=nope", "override 'logger=nope': no such option in group logger; valid: none, wandb"
+    ),
+    Case(
         "eval RUN eval.support_range=[0,9]",
         "eval.support_range=[0.0, 9.0] is invalid: need x_range[0] <= low",
     ),

@@ -42,6 +42,16 @@ def test_eval_writes_its_own_folder_and_wandb_run_in_the_training_runs_group(tmp
     assert run.display_name == f"2026-01-02_03-04-05-0-eval-{folder.name}"
 
 
+def test_eval_takes_a_logger_option_as_train_does(tmp_path):
+    """`logger=none` picks the logger group's option (no W&B run), as on `mamlrun train`."""
+    run_dir = tmp_path / "run"
+    run_cli("train", *smoke_overrides(run_dir, "logger=wandb"), cwd=tmp_path, check=True)
+    proc = run_cli("eval", str(run_dir), "logger=none", "eval.tasks=4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = latest_eval(run_dir)
+    assert (folder / "eval.json").is_file() and not (folder / "wandb").exists()
+
+
 def test_a_checkpoint_of_another_domain_in_a_run_directory_is_refused(tmp_path):
     sinusoid, nav = tmp_path / "sinusoid", tmp_path / "nav"
     run_cli("train", *smoke_overrides(sinusoid), cwd=tmp_path, check=True)
