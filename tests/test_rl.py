@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from mamlrun.domains.rl.locomotion import LocomotionFamily, locomotion_reward
-from mamlrun.domains.rl.nav2d import Nav2DEnvs
+from mamlrun.domains.rl.nav2d import Nav2DEnvs, Nav2DFamily
 from mamlrun.domains.rl.sampler import EpisodeSampler, RolloutError
 from mamlrun.maml import ConstantAlpha
 from mamlrun.models.policy import GaussianPolicy
 from mamlrun.run import train_in
 from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.runtime.errors import ConfigError
 from mamlrun.trainers.rl.baseline import advantages, discounted_returns, fit_linear_baseline
 from mamlrun.trainers.rl.objective import outer_terms, validation_data
 from mamlrun.trainers.rl.parts import build as build_rl_parts
@@ -117,6 +118,23 @@ def test_nav2d_dynamics_clipping_reward_and_termination():
     for _ in range(3):
         _, _, done = env.step(torch.zeros(2, 2))
     assert done.tolist() == [True, True]  # the horizon
+
+
+@pytest.mark.parametrize(("region", "ends"), [("box", True), ("circle", False)])
+def test_nav2d_goal_region_box_is_the_papers_square_test(region, ends):
+    """The paper's code ends an episode when |dx| < 0.01 and |dy| < 0.01; at (0.009, 0.009) from the
+    goal that square holds the agent, the circle of radius 0.01 (distance 0.0127) does not."""
+    env = Nav2DEnvs(1, max_action=0.1, goal_radius=0.01, horizon=5, goal_region=region)
+    env.set_tasks([np.array([0.059, 0.059])])
+    env.reset()
+    _, reward, done = env.step(torch.tensor([[0.05, 0.05]]))
+    assert done.tolist() == [ends]
+    assert float(reward[0]) == pytest.approx(-((2 * 0.009**2) ** 0.5), abs=1e-6)  # the reward is the same
+
+
+def test_nav2d_goal_region_must_be_box_or_circle():
+    with pytest.raises(ConfigError, match="choose box or circle"):
+        Nav2DFamily(goal_region="square")
 
 
 def test_nav2d_action_scale_maps_unit_actions_onto_the_velocity_range():
@@ -394,6 +412,7 @@ def test_environment_failure_saves_a_checkpoint_and_names_the_error(tmp_path):
         "~domain.tasks.max_action",
         "~domain.tasks.goal_radius",
         "~domain.tasks.action_scale",
+        "~domain.tasks.goal_region",
     )
     cfg.domain.tasks.fail_at = None
     train_in(cfg, tmp_path / "ok")  # the toy family runs

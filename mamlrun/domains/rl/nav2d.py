@@ -3,7 +3,8 @@
 The agent starts at (0, 0); a task is a goal drawn from U[-0.5, 0.5]^2; an action is a velocity,
 scaled by `action_scale` and clipped to [-0.1, 0.1] per axis; the reward is minus the distance to
 the goal after the move (the plain distance, as in the code behind the paper's numbers; its text
-says squared); an episode ends within 0.01 of the goal or at the horizon (100).
+says squared); an episode ends at the goal or at the horizon (100). "At the goal" is the paper's
+code's test, |dx| < 0.01 and |dy| < 0.01 (`goal_region=box`), or the distance < 0.01 (`circle`).
 
 `action_scale`: the paper's code runs the point env under rllab's `normalize`, which maps policy
 actions in [-1, 1] onto the velocity range, so a unit-variance initial policy explores at the
@@ -31,10 +32,17 @@ class Nav2DEnvs:
     """`num_envs` point agents stepped together."""
 
     def __init__(
-        self, num_envs: int, max_action: float, goal_radius: float, horizon: int, action_scale: float = 1.0
+        self,
+        num_envs: int,
+        max_action: float,
+        goal_radius: float,
+        horizon: int,
+        action_scale: float = 1.0,
+        goal_region: str = "box",
     ) -> None:
         self.num_envs, self.horizon = num_envs, horizon
         self.max_action, self.goal_radius, self.action_scale = max_action, goal_radius, action_scale
+        self.goal_region = goal_region
         self.goals = torch.zeros(num_envs, 2)
         self.state = torch.zeros(num_envs, 2)
         self.t = 0
@@ -51,8 +59,10 @@ class Nav2DEnvs:
         velocity = torch.as_tensor(actions, dtype=torch.float32).cpu() * self.action_scale
         self.state = self.state + velocity.clamp(-self.max_action, self.max_action)
         self.t += 1
-        distance = torch.linalg.vector_norm(self.state - self.goals, dim=-1)
-        done = (distance < self.goal_radius) | (self.t >= self.horizon)
+        offset = self.state - self.goals
+        distance = torch.linalg.vector_norm(offset, dim=-1)
+        near = offset.abs().amax(dim=-1) if self.goal_region == "box" else distance
+        done = (near < self.goal_radius) | (self.t >= self.horizon)
         return self.state.clone(), -distance, done
 
     def close(self) -> None:
@@ -68,6 +78,8 @@ class Nav2DFamily:
         goal_radius: an episode ends this close to the goal.
         horizon: the longest episode.
         action_scale: velocity = clip(action_scale * action, +-max_action).
+        goal_region: box (each coordinate within goal_radius: the paper's code) or circle (the
+            distance within goal_radius).
     """
 
     name = "nav2d"
@@ -81,8 +93,11 @@ class Nav2DFamily:
         goal_radius: float = 0.01,
         horizon: int = 100,
         action_scale: float = 0.1,
+        goal_region: str = "box",
     ) -> None:
         low, high = (float(v) for v in goal_range)
+        if goal_region not in ("box", "circle"):
+            raise ConfigError("domain.tasks.goal_region", goal_region, "choose box or circle")
         if not low <= high:
             raise ConfigError("domain.tasks.goal_range", list(goal_range), "need low <= high")
         for key, value in (("max_action", max_action), ("action_scale", action_scale)):
@@ -90,13 +105,15 @@ class Nav2DFamily:
                 raise ConfigError(f"domain.tasks.{key}", value, "must be > 0")
         require_int("domain.horizon", horizon, 1, "the episode horizon")
         self.goal_range, self.max_action, self.goal_radius = (low, high), max_action, goal_radius
-        self.horizon, self.action_scale = horizon, action_scale
+        self.horizon, self.action_scale, self.goal_region = horizon, action_scale, goal_region
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
         return list(rng.uniform(self.goal_range[0], self.goal_range[1], size=(n, 2)))
 
     def make_env(self, num_envs: int) -> Nav2DEnvs:
-        return Nav2DEnvs(num_envs, self.max_action, self.goal_radius, self.horizon, self.action_scale)
+        return Nav2DEnvs(
+            num_envs, self.max_action, self.goal_radius, self.horizon, self.action_scale, self.goal_region
+        )
 
     def episode_figure(self, episodes_by_label: Mapping[str, Any], goals: Sequence[Any], path: Path) -> Path:
         """The first paths of each labelled batch of episodes on the first 4 tasks, with the goal.
