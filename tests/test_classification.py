@@ -33,7 +33,9 @@ def test_presets_hold_the_papers_settings():
         "miniimagenet_5w1s_first": (5, 1, 4, 5, 0.01, 10, "first", "conv4_pool", 48.07),
         "miniimagenet_5w5s_first": (5, 5, 2, 5, 0.01, 10, "first", "conv4_pool", 63.15),
     }
-    assert set(expect) | {"omniglot_minimal"} == set(OMNIGLOT_PRESETS + MINIIMAGENET_PRESETS)
+    assert set(expect) | {"omniglot_minimal", "omniglot_minimal_20w1s"} == set(
+        OMNIGLOT_PRESETS + MINIIMAGENET_PRESETS
+    )
     for name, (ways, shots, mb, steps, alpha, test_steps, order, model, paper) in expect.items():
         cfg = compose_config([f"experiment={name}"])
         got = (
@@ -60,7 +62,7 @@ def test_presets_hold_the_papers_settings():
 @needs_omniglot
 @pytest.mark.parametrize("preset", OMNIGLOT_PRESETS)
 def test_omniglot_presets_smoke_run_on_the_real_minimal_sets(tmp_path, preset):
-    split = [] if preset == "omniglot_minimal" else MINIMAL_PAPER_SPLIT
+    split = [] if preset.startswith("omniglot_minimal") else MINIMAL_PAPER_SPLIT
     cfg = compose_config([f"experiment={preset}", "debug=smoke", "meta_iterations=2", *split])
     train_in(cfg, tmp_path)
     result = meta_test_results(tmp_path)[0]

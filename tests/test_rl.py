@@ -382,6 +382,30 @@ def test_debug_smoke_shrinks_rl_paper_presets():
         assert cfg.domain.tasks.horizon == 20
 
 
+CPU_PRESETS = [e for e in options("experiment") if e.endswith("_cpu")]
+
+
+def test_cpu_presets_keep_the_papers_horizon_and_trpo_at_a_quarter_of_its_data():
+    assert set(CPU_PRESETS) == {"halfcheetah_dir_cpu", "halfcheetah_vel_cpu", "ant_dir_cpu", "ant_vel_cpu"}
+    for name in CPU_PRESETS:
+        cfg = compose_config([f"experiment={name}"])
+        paper = compose_config([f"experiment={name.replace('_cpu', '_paper')}"])
+        assert cfg.domain.name == paper.domain.name and cfg.optimizer == paper.optimizer
+        assert cfg.domain.horizon == paper.domain.horizon == 200
+        steps, paper_steps = (c.meta_batch * c.domain.rollouts for c in (cfg, paper))
+        assert steps * 4 <= paper_steps, name
+        assert cfg.domain.tasks.vectorization == "async" and cfg.threads == 1
+
+
+def test_a_cpu_preset_runs_with_async_sampling_and_draws_its_training_curve(tmp_path):
+    """halfcheetah_dir_cpu shrunk by debug=smoke: real MuJoCo in worker processes, the meta-test,
+    and training_curve.png with the returns before and after adaptation."""
+    cfg = compose_config(["experiment=halfcheetah_dir_cpu", "debug=smoke", "domain.tasks.workers=2"])
+    train_in(cfg, tmp_path)
+    assert meta_test_results(tmp_path)[0]["metric"] == "return"
+    assert (tmp_path / "training_curve.png").stat().st_size > 10_000
+
+
 def test_resumed_rl_run_is_bit_identical(tmp_path):
     common = ["meta_iterations=4", "eval.every=2", "checkpoint.every=2", "eval.tasks=2"]
     straight, resumed = tmp_path / "a", tmp_path / "b"
