@@ -26,9 +26,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -212,14 +213,21 @@ def peak_memory_probe(workload: str, spec: str, device: str) -> None:
     (malloc_trim), the kernel's peak-RSS mark is reset (/proc/self/clear_refs) and three iterations
     run; the peak RSS above the RSS before them is reported. GPU: peak allocated bytes likewise.
     """
-    import ctypes
-
     dev = torch.device(device)
     w = WORKLOADS[workload]()
     g = torch.Generator(device=dev).manual_seed(0)
     batches = [w.sample(g, dev) for _ in range(4)]
     step = make_contender(w, spec, dev)
     step(batches[0])  # warm-up: compilation and lazily built state are not the iteration's memory
+    print(json.dumps({"peak_mib": peak_mib_above_base(step, batches[1:], dev)}))
+
+
+def peak_mib_above_base(step: Callable[[Any], object], batches: Sequence[Any], dev: torch.device) -> float:
+    """The peak memory `step` adds over `batches`, in MiB, above what the (warmed-up) process holds
+    before them: CPU peak RSS (freed memory returned with malloc_trim, the kernel's peak mark reset
+    through /proc/self/clear_refs), GPU peak allocated bytes."""
+    import ctypes
+
     gc.collect()
     sync(dev)
     if dev.type == "cuda":
@@ -229,11 +237,11 @@ def peak_memory_probe(workload: str, spec: str, device: str) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (Linux >= 4.0)
         base = _status_kib("VmRSS") * 1024
-    for batch in batches[1:]:
+    for batch in batches:
         step(batch)
     sync(dev)
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _status_kib("VmHWM") * 1024
-    print(json.dumps({"peak_mib": (peak - base) / 2**20}))
+    return (peak - base) / 2**20
 
 
 def peak_memory(workload: str, spec: str, device: torch.device) -> float:

@@ -29,9 +29,7 @@ backward pass and how much from not keeping the inner steps' activations.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
-import gc
 import json
 import os
 import statistics
@@ -48,6 +46,9 @@ from torch.utils._pytree import tree_map
 from mamlrun.maml import ConstantAlpha, MetaGradient, MetaObjective, task_meta_loss
 from mamlrun.maml.objective import autograd_grad_and_value, num_tasks, task_slice
 from mamlrun.models import Conv4
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported
+from bench import peak_mib_above_base, sync  # a sibling script
 
 WAYS, IMAGE = 20, 28
 MODES = ("keep", "recompute")
@@ -115,18 +116,6 @@ def keep_by_autograd(task_loss, alpha, steps: int, first_order: bool, chunk: int
     return objective
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def probe(args: argparse.Namespace, steps: int, memory: str) -> None:
     """(subprocess) Print the peak MiB that meta-iterations add to a set-up, warmed-up process."""
     device = torch.device(args.device)
@@ -134,21 +123,9 @@ def probe(args: argparse.Namespace, steps: int, memory: str) -> None:
     batches = [sample(args.meta_batch, g, device) for _ in range(3)]
     iteration = make_iteration(steps, memory, args.first_order, args.chunk_size, device)
     iteration(batches[0])  # warm-up: optimizer state and lazily built state are not the iteration's
-    gc.collect()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (Linux >= 4.0)
-        base = _status_kib("VmRSS") * 1024
-    for batch in batches[1:]:
-        iteration(batch)
-    sync(device)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_kib("VmHWM") * 1024
+    peak_mib = peak_mib_above_base(iteration, batches[1:], device)
     allocated = peak_allocated_mib(lambda: iteration(batches[1])) if device.type == "cpu" else float("nan")
-    print(json.dumps({"peak_mib": (peak - base) / 2**20, "allocated_mib": allocated}))
+    print(json.dumps({"peak_mib": peak_mib, "allocated_mib": allocated}))
 
 
 def peak_allocated_mib(fn: Callable[[], None]) -> float:
