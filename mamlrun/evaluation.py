@@ -207,8 +207,9 @@ def report(
     spec, results = outcome.spec, outcome.results
     table = f"\n{format_table(results, spec)}" if log_table else " (table below, after W&B's summary)"
     log.info(
-        "meta-test %s, checkpoint %s (iteration %s)%s",
+        "meta-test %s, %s, checkpoint %s (iteration %s)%s",
         outcome.description,
+        source.get("test_alpha"),
         source.get("checkpoint"),
         source.get("iteration"),
         table,

@@ -194,11 +194,14 @@ def check_checkpoint_fits_run(cfg: DictConfig, path: Path, run_dir: Path) -> Non
 def upgrade_config(cfg: DictConfig) -> None:
     """Give the config of a checkpoint written by an older mamlrun the keys this one reads
     (meta-RL runs before eval.episodes existed used domain.rollouts episodes per test step;
-    supervised runs before eval.support_range existed drew support points from the whole range)."""
+    supervised runs before eval.support_range existed drew support points from the whole range; runs
+    before eval.alpha_values existed adapted their test tasks with the trained schedule)."""
     if cfg.domain.kind == "rl" and "episodes" not in cfg.eval:
         cfg.eval.episodes = cfg.domain.rollouts
     if cfg.domain.kind != "rl" and "support_range" not in cfg.eval:
         cfg.eval.support_range = None
+    if "alpha_values" not in cfg.eval:
+        cfg.eval.alpha_values = None
 
 
 def apply_overrides(

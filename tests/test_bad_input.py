@@ -116,6 +116,15 @@ CASES: list[Case] = [
         "eval.support_range=5 is invalid: give a [low, high] pair, e.g. [0, 5]",
     ),
     Case(f"{NAV} eval.support_range=[0,5]", "no setting named 'eval.support_range'; valid keys under eval: "),
+    Case(f"{SMOKE} eval.alpha_values=0.2", "eval.alpha_values=0.2 is invalid: give a list of step sizes > 0"),
+    Case(
+        f"{NAV} eval.alpha_values=[0.2,-1]", "eval.alpha_values[1]=-1 is invalid: the inner step size must be"
+    ),
+    Case(
+        f"{SMOKE} alpha=meta_sgd eval.alpha_values=[0.2]",
+        "eval.alpha_values=[0.2] is invalid: MetaSGDAlpha meta-trains its own step sizes",
+    ),
+    Case(f"{OMNIGLOT} model.zero_head=maybe", "model.zero_head='maybe' is invalid: true or false"),
     Case(f"{SMOKE} checkpoint.every=-1", "checkpoint.every=-1 is invalid"),
     Case(f"{SMOKE} checkpoint.resume=perhaps", "checkpoint.resume='perhaps' is invalid: "),
     Case(f"{SMOKE} progress=2", "progress=2 is invalid: progress (the progress bar) is true or false"),

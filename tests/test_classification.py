@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from mamlrun.maml import adapt
 from mamlrun.run import train_in
+from mamlrun.runtime.seeding import generator
+from mamlrun.trainers.supervised.parts import CLASSIFICATION, build
+from mamlrun.trainers.supervised.step import step
 from tests.conftest import (
     MINIMAL_PAPER_SPLIT,
     compose_config,
@@ -117,6 +122,30 @@ def test_minimal_omniglot_learns_far_above_chance_on_held_out_alphabets(tmp_path
     assert 15.0 < before < 25.0
     assert after > 55.0, result["mean"]
     assert (tmp_path / "meta_test.png").stat().st_size > 10_000
+
+
+@needs_omniglot
+def test_zero_head_is_adapted_in_the_inner_loop_but_never_meta_trained():
+    """model.zero_head: meta-training moves the features and leaves the head exactly zero; one
+    inner step from the zero head gives each class a row of its own (no label starts ahead)."""
+    cfg = compose_config(["experiment=omniglot_minimal_20w1s", "debug=smoke", "model.zero_head=true"])
+    parts = build(cfg, CLASSIFICATION)
+    features = {k: v.detach().clone() for k, v in parts.model.named_parameters() if k.startswith("features")}
+    for _ in range(2):
+        step(parts)
+    params = dict(parts.model.named_parameters())
+    assert torch.equal(params["head.weight"], torch.zeros_like(params["head.weight"]))
+    assert torch.equal(params["head.bias"], torch.zeros_like(params["head.bias"]))
+    assert all(not torch.equal(params[k], v) for k, v in features.items())
+    tasks = parts.sample(1, 1, 1, generator(0, parts.device), "train")
+    support = (tasks.support[0][0], tasks.support[1][0])
+    frozen = {k: v.detach() for k, v in params.items()}
+    alpha_params = {k: v.detach() for k, v in parts.alpha.named_parameters()}
+    adapted, _ = adapt(
+        frozen, alpha_params, support, 1, task_loss=parts.task_loss, alpha=parts.alpha, first_order=True
+    )
+    rows = adapted["head.weight"]
+    assert rows.shape == (20, 64) and torch.linalg.matrix_rank(rows) >= 19  # 20 rows summing to ~0
 
 
 @needs_omniglot

@@ -332,7 +332,8 @@ def test_rl_presets_hold_the_papers_settings():
     for name in PAPER_PRESETS:
         cfg = compose_config([f"experiment={name}"])
         rollouts = 40 if name == "ant_dir_paper" else 20
-        assert (cfg.domain.rollouts, cfg.inner_steps, cfg.domain.inner_lr) == (rollouts, 1, 0.1)
+        alpha = 0.5 if name == "nav2d_paper" else 0.1  # the paper's code trained the point agent with 0.5
+        assert (cfg.domain.rollouts, cfg.inner_steps, cfg.domain.inner_lr) == (rollouts, 1, alpha)
         assert cfg.meta_batch == (20 if name == "nav2d_paper" else 40) and cfg.meta_iterations == 500
         assert cfg.domain.horizon == (100 if name == "nav2d_paper" else 200)
         assert (cfg.domain.gamma, cfg.domain.gae_lambda, cfg.domain.baseline_reg) == (0.99, 1.0, 1e-5)
@@ -341,7 +342,9 @@ def test_rl_presets_hold_the_papers_settings():
         assert (cfg.optimizer.ls_max_steps, cfg.optimizer.ls_backtrack_ratio) == (15, 0.8)
         assert cfg.alpha._target_.endswith("HalvingAlpha") and list(cfg.model.hidden) == [100, 100]
         assert cfg.eval.tasks == 40 and cfg.eval.steps == 3
-    assert dict(compose_config(["experiment=nav2d_paper"]).eval.paper[20]) == {
+    nav2d = compose_config(["experiment=nav2d_paper"])
+    assert (nav2d.eval.episodes, nav2d.domain.tasks.goal_region, nav2d.eval.alpha_values) == (40, "box", None)
+    assert dict(nav2d.eval.paper[40]) == {
         0: -40.41,
         1: -11.68,
         2: -3.33,

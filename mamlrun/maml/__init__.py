@@ -18,6 +18,7 @@ from mamlrun.maml.alpha import (
     LearnedAlpha,
     MetaSGDAlpha,
     PerStepAlpha,
+    alpha_at_test,
 )
 from mamlrun.maml.objective import MetaGradient, MetaObjective
 from mamlrun.maml.terms import MetaTerms, QueryLoss
@@ -38,6 +39,7 @@ __all__ = [
     "TaskLoss",
     "adapt",
     "adaptation_curve",
+    "alpha_at_test",
     "check_memory",
     "inner_step",
     "recomputed_step",

@@ -85,12 +85,16 @@ class PerStepAlpha(AlphaSchedule):
     """A fixed alpha per inner step; steps past the end of the list reuse the last value."""
 
     def __init__(
-        self, values: Sequence[float], param_shapes: Mapping[str, torch.Size], num_steps: int
+        self,
+        values: Sequence[float],
+        param_shapes: Mapping[str, torch.Size],
+        num_steps: int,
+        key: str = "alpha.values",
     ) -> None:
         super().__init__(param_shapes, num_steps)
         if len(values) == 0:
-            raise ConfigError("alpha.values", list(values), "give at least one step size > 0")
-        self.values = [_check_positive(f"alpha.values[{i}]", v) for i, v in enumerate(values)]
+            raise ConfigError(key, list(values), "give at least one step size > 0")
+        self.values = [_check_positive(f"{key}[{i}]", v) for i, v in enumerate(values)]
 
     def rates(self, alpha_params: Mapping[str, Tensor], step: int) -> Rates:
         return dict.fromkeys(self.param_names, self.values[min(step, len(self.values) - 1)])
@@ -150,3 +154,31 @@ class MetaSGDAlpha(AlphaSchedule):
     def describe(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         return f"Meta-SGD alpha per element ({n} alphas)"
+
+
+def alpha_at_test(trained: AlphaSchedule, values: Sequence[float] | None) -> AlphaSchedule:
+    """The schedule validation and the meta-test adapt with: the trained one, or `eval.alpha_values`.
+
+    A test-time step size may differ from the training one (the paper's 2D-navigation code trained
+    with alpha 0.5 and adapted at test with 0.25); only a fixed schedule can be replaced, since a
+    learned one is part of what meta-training produced.
+    """
+    if values is None:
+        return trained
+    key = "eval.alpha_values"
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise ConfigError(
+            key,
+            values,
+            "give a list of step sizes > 0, one per test step (the last repeats), e.g. [0.25], or null",
+        )
+    if trained.learnable:
+        raise ConfigError(
+            key,
+            list(values),
+            f"{type(trained).__name__} meta-trains its own step sizes; a test-time list replaces only "
+            "alpha=constant, per_step or halving: use null",
+        )
+    return PerStepAlpha(
+        list(values), dict.fromkeys(trained.param_names, torch.Size()), trained.num_steps, key
+    )

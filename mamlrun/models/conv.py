@@ -32,10 +32,19 @@ class Conv4(nn.Module):
         hidden: filters per conv layer (64 Omniglot, 32 MiniImageNet).
         image_size: input height = width (only needed with max-pooling, to size the head).
         pool: 2x2 max-pooling after each block (MiniImageNet) instead of stride-2 convolutions (Omniglot).
+        zero_head: every task starts from a zero head (Kao et al. 2022's zeroing trick): the head is
+            adapted in the inner loop but never meta-trained, so no class label starts ahead of
+            another and one inner step makes each class's weights its support images' features.
     """
 
     def __init__(
-        self, in_channels: int, out_features: int, hidden: int = 64, image_size: int = 28, pool: bool = False
+        self,
+        in_channels: int,
+        out_features: int,
+        hidden: int = 64,
+        image_size: int = 28,
+        pool: bool = False,
+        zero_head: bool = False,
     ) -> None:
         super().__init__()
         _positive("model.hidden", hidden)
@@ -59,6 +68,13 @@ class Conv4(nn.Module):
                 "model.image_size", image_size, "images must be at least 16x16 for four 2x2 poolings"
             )
         self.head = nn.Linear(hidden * size * size if pool else hidden, out_features)
+        if not isinstance(zero_head, bool):
+            raise ConfigError("model.zero_head", zero_head, "true or false")
+        self.not_meta_trained: tuple[str, ...] = ()  # parameters the outer step leaves at their init
+        if zero_head:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+            self.not_meta_trained = ("head.weight", "head.bias")
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x)

@@ -348,6 +348,7 @@ def meta_test(
         "domain": str(cfg.domain.name),
         "eval_seed": int(cfg.eval.seed),
         "world_size": world().size,  # the processes that trained it (torchrun)
+        "test_alpha": parts.alpha_at_test().describe(),  # the step sizes the test tasks adapted with
     }
     step = iteration if log_step is None else log_step
     report(outcome, out_dir, tracker, source=source, log_step=step, log_table=log_table)

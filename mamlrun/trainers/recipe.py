@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from mamlrun.evaluation import MetaTestOutcome
+from mamlrun.maml import AlphaSchedule
 
 Metrics = Mapping[str, Tensor | float]
 """A step's metrics: Python floats are checked for NaN every iteration, tensors at log steps only
@@ -55,6 +56,10 @@ class Parts(Protocol):
 
     def all_finite(self) -> bool:
         """Whether every meta-parameter is finite (the loop's divergence check)."""
+        ...
+
+    def alpha_at_test(self) -> AlphaSchedule:
+        """The alpha schedule validation and the meta-test adapt with (eval.alpha_values or the trained one)."""
         ...
 
     def describe(self) -> str:

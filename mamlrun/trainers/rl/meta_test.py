@@ -2,7 +2,7 @@
 
 Each step samples eval.episodes fresh episodes per task with the current (adapted) policies,
 records their mean return, and adapts on them (alpha at step k from the schedule: `alpha=halving`
-gives 0.1 then 0.05). The test tasks and their episodes come from `eval.seed` (validation:
+gives 0.1 then 0.05; `eval.alpha_values`, when set, replaces the trained schedule here). The test tasks and their episodes come from `eval.seed` (validation:
 `eval.val_seed`), independent of training.
 """
 
@@ -36,13 +36,14 @@ def returns_after_adaptation(
     noise = torch.Generator(device=parts.device).manual_seed(seed + 7)
     theta = {k: v.detach() for k, v in parts.params().items()}
     params = {k: v.expand(len(tasks), *v.shape) for k, v in theta.items()}
+    alpha = parts.alpha_at_test()
     columns, kept = [], []
     for k in range(steps + 1):
         episodes = parts.sampler.sample(tasks, params, True, env_rng, noise, episodes_per_step)
         columns.append(episodes.returns().mean(dim=1).cpu())
         kept.append(episodes)
         if k < steps:
-            params = parts.adapt_tasks(params, parts.task_data(episodes), k)
+            params = parts.adapt_tasks(params, parts.task_data(episodes), k, alpha)
     return torch.stack(columns, dim=1), kept
 
 

@@ -27,7 +27,7 @@ from mamlrun.build import (
 )
 from mamlrun.domains.rl.base import TaskFamily
 from mamlrun.domains.rl.sampler import Episodes, EpisodeSampler
-from mamlrun.maml import AlphaSchedule, inner_step
+from mamlrun.maml import AlphaSchedule, alpha_at_test, inner_step
 from mamlrun.models.policy import gaussian_log_prob
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import UserError, require_int
@@ -104,16 +104,30 @@ class RLParts:
         )
         return {"obs": episodes.obs, "actions": episodes.actions, "adv": adv, "mask": episodes.mask}
 
-    def adapt_tasks(self, params: dict[str, Tensor], data: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        """One inner step for every task (no outer graph): params [T, ...] -> [T, ...]."""
-        alpha_params = {k: v.detach() for k, v in self.alpha.named_parameters()}
+    def adapt_tasks(
+        self,
+        params: dict[str, Tensor],
+        data: dict[str, Tensor],
+        step: int,
+        alpha: AlphaSchedule | None = None,
+    ) -> dict[str, Tensor]:
+        """One inner step for every task (no outer graph): params [T, ...] -> [T, ...].
+
+        `alpha`: the schedule to step with (the meta-test's `alpha_at_test()`); the trained one if None.
+        """
+        alpha = self.alpha if alpha is None else alpha
+        alpha_params = {k: v.detach() for k, v in alpha.named_parameters()}
 
         def one(p: dict[str, Tensor], d: dict[str, Tensor]) -> dict[str, Tensor]:
             return inner_step(
-                p, alpha_params, step, d, task_loss=self.inner_loss, alpha=self.alpha, first_order=True
+                p, alpha_params, step, d, task_loss=self.inner_loss, alpha=alpha, first_order=True
             )[0]
 
         return torch.func.vmap(one)({k: v.detach() for k, v in params.items()}, data)
+
+    def alpha_at_test(self) -> AlphaSchedule:
+        """The schedule validation and the meta-test adapt with (eval.alpha_values, or the trained one)."""
+        return alpha_at_test(self.alpha, self.cfg.eval.get("alpha_values"))
 
     # ------------------------------------------------------------------ what the loop asks
     @property
@@ -170,6 +184,7 @@ def build(cfg: DictConfig) -> RLParts:
     policy = build_model(cfg).to(device)
     alpha = build_alpha(cfg, policy).to(device)
     check_policy(cfg, policy, family, device)
+    alpha_at_test(alpha, cfg.eval.get("alpha_values"))  # a bad test-time list fails now, not at validation
     outer = construct(cfg.optimizer, "optimizer")
     if not isinstance(outer, TRPO):  # a torch optimizer factory (_partial_: true)
         check_learning_rate(cfg)

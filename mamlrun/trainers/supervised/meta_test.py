@@ -2,7 +2,8 @@
 
 Test tasks come from `eval.seed` and validation tasks from `eval.val_seed` (never the training
 seed), so every run and every re-evaluation sees the same tasks. Inner steps at test time are
-first order: no outer gradient is needed.
+first order: no outer gradient is needed. They step with the trained alpha schedule, or with
+`eval.alpha_values` when it is set (a fixed test-time step size per step).
 
 `eval.support_range` (regression, the paper's extrapolation experiment) redraws each test and
 validation task's support points from a sub-range of the inputs; the meta-test then reports the
@@ -32,7 +33,8 @@ def adaptation_curves(parts: SupervisedParts, tasks: TaskBatch, steps: int) -> T
     Tasks are vmapped in chunks of eval.chunk_size.
     """
     frozen = {k: v.detach() for k, v in parts.model.named_parameters()}
-    alpha_params = {k: v.detach() for k, v in parts.alpha.named_parameters()}
+    alpha = parts.alpha_at_test()
+    alpha_params = {k: v.detach() for k, v in alpha.named_parameters()}
 
     def one_task(support: Any, query: Any) -> Tensor:
         return adaptation_curve(
@@ -43,7 +45,7 @@ def adaptation_curves(parts: SupervisedParts, tasks: TaskBatch, steps: int) -> T
             steps,
             task_loss=parts.task_loss,
             metric=parts.task_metric,
-            alpha=parts.alpha,
+            alpha=alpha,
         )
 
     batched = torch.func.vmap(one_task, randomness="different")
@@ -111,7 +113,8 @@ def meta_test(parts: SupervisedParts, out_dir: Path) -> MetaTestOutcome:
 def predictor(parts: SupervisedParts) -> Predict:
     """`predict(support, steps, x)`: the model adapted `steps` steps on one task's support, at x."""
     params = {k: v.detach() for k, v in parts.model.named_parameters()}
-    alpha_params = {k: v.detach() for k, v in parts.alpha.named_parameters()}
+    alpha = parts.alpha_at_test()
+    alpha_params = {k: v.detach() for k, v in alpha.named_parameters()}
 
     def predict(support: tuple[Tensor, Tensor], steps: int, x: Tensor) -> Tensor:
         adapted, _ = adapt(
@@ -120,7 +123,7 @@ def predictor(parts: SupervisedParts) -> Predict:
             support,
             steps,
             task_loss=parts.task_loss,
-            alpha=parts.alpha,
+            alpha=alpha,
             first_order=True,
         )
         with torch.no_grad():

@@ -29,7 +29,7 @@ from mamlrun.build import (
 from mamlrun.config_checks import check_integers
 from mamlrun.domains.base import TaskBatch, TaskDistribution
 from mamlrun.evaluation import MetricSpec
-from mamlrun.maml import AlphaSchedule, MetaObjective
+from mamlrun.maml import AlphaSchedule, MetaObjective, alpha_at_test
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import ConfigError, UserError, require_int
 from mamlrun.runtime.seeding import generator, seed_everything
@@ -108,6 +108,10 @@ class SupervisedParts:
     def task_metric(self, params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
         return self.kind.metric(torch.func.functional_call(self.model, params, (data[0],)), data[1])
 
+    def alpha_at_test(self) -> AlphaSchedule:
+        """The schedule validation and the meta-test adapt with (eval.alpha_values, or the trained one)."""
+        return alpha_at_test(self.alpha, self.cfg.eval.get("alpha_values"))
+
     def meta_params(self) -> dict[str, dict[str, Tensor]]:
         return {"model": dict(self.model.named_parameters()), "alpha": dict(self.alpha.named_parameters())}
 
@@ -176,7 +180,10 @@ def build(cfg: DictConfig, kind: SupervisedKind) -> SupervisedParts:
     model = build_model(cfg).to(device)
     alpha = build_alpha(cfg, model).to(device)
     check_fit(cfg, tasks, model, device)
-    optimizer = build_optimizer(cfg, [p for m in (model, alpha) for p in m.parameters()])
+    alpha_at_test(alpha, cfg.eval.get("alpha_values"))  # a bad test-time list fails now, not at validation
+    frozen = set(getattr(model, "not_meta_trained", ()))  # model.zero_head: the head stays zero
+    meta_trained = [p for n, p in model.named_parameters() if n not in frozen]
+    optimizer = build_optimizer(cfg, [*meta_trained, *alpha.parameters()])
     sizes = TaskSizes(int(cfg.meta_batch), int(cfg.domain.shots), int(cfg.domain.query))
     parts = SupervisedParts(
         cfg, device, tasks, model, alpha, kind, optimizer, None, generator(cfg.seed, device), sizes
