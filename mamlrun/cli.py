@@ -114,7 +114,18 @@ def resume(
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         fail(f"{run_dir} is not a mamlrun run directory (no {overrides_file})")
-    saved = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not is_sweep_setting(o)]
+    from mamlrun.runtime.errors import UserError
+    from mamlrun.runtime.run_record import read_record
+
+    try:
+        recorded = read_record(overrides_file) or []
+    except UserError as exc:
+        fail(exc)
+    if not isinstance(recorded, list) or not all(isinstance(o, str) for o in recorded):
+        fail(
+            f"{overrides_file} holds no list of overrides; restore it (the run's command line, one key=value per item)"
+        )
+    saved = [o for o in recorded if not is_sweep_setting(o)]
     given = list(ctx.args)
     run_hydra([*replaced_by(saved, given), *given, f"hydra.run.dir={run_dir.resolve()}", "hydra.mode=RUN"])
 

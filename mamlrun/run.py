@@ -34,6 +34,7 @@ from mamlrun.runtime.run_record import (
     HeldLogFile,
     log_file,
     new_eval_dir,
+    read_record,
     remove_eval_dir,
     write_hydra_files,
 )
@@ -177,7 +178,12 @@ def check_checkpoint_fits_run(cfg: DictConfig, path: Path, run_dir: Path) -> Non
     record = run_dir / HYDRA_DIR / "config.yaml"
     if not record.is_file():
         return
-    run_cfg = OmegaConf.load(record)
+    saved = read_record(record)
+    if not isinstance(saved, dict):
+        raise UserError(
+            f"{record} holds no run settings (a YAML mapping); restore it, or move the checkpoint out"
+        )
+    run_cfg = OmegaConf.create(saved)
     try:
         run_settings = OmegaConf.to_container(run_cfg, resolve=True)
     except OmegaConfBaseException:  # an interpolation only Hydra resolves: compare as written

@@ -100,3 +100,26 @@ def test_an_eval_override_that_cannot_take_effect_is_refused(finished_run, overr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"mamlrun: error: {message}"), proc.stderr
     assert file_hashes(finished_run) == before and not (finished_run / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    "command, record, text, message",
+    [
+        ("eval", "config.yaml", "eval:\n  steps: 3\n - oops\n", "config.yaml is not valid YAML"),
+        ("eval", "config.yaml", "- a list\n", "config.yaml holds no run settings"),
+        ("resume", "overrides.yaml", "- debug=smoke\nkey: [\n", "overrides.yaml is not valid YAML"),
+        ("resume", "overrides.yaml", "debug: smoke\n", "overrides.yaml holds no list of overrides"),
+    ],
+)
+def test_a_hand_edited_run_record_is_a_one_line_error(finished_run, tmp_path, command, record, text, message):
+    """A `.hydra/` file edited into something else: one line naming the file, exit 2, nothing written."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / ".hydra" / record).write_text(text)
+    before = file_hashes(run_dir)
+    proc = run_cli(command, str(run_dir), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and str(run_dir) in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert file_hashes(run_dir) == before

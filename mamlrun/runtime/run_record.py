@@ -16,11 +16,29 @@ from collections.abc import Iterator
 from datetime import datetime
 from logging.handlers import BufferingHandler
 from pathlib import Path
+from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+
+from mamlrun.runtime.errors import UserError
 
 HYDRA_DIR = ".hydra"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging format
+
+
+def read_record(path: Path) -> Any:
+    """A `.hydra/` file's contents; a file edited into invalid YAML is a one-line error naming it."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError(
+            f"{path} is not valid YAML ({problem}{where}): mamlrun wrote it when the run started; "
+            "restore it, or move the run's checkpoints/ to a new run directory"
+        ) from None
 
 
 def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
