@@ -117,14 +117,16 @@ def resume(
     from mamlrun.runtime.errors import UserError
     from mamlrun.runtime.run_record import read_record
 
+    advice = (
+        f"restore it (the run's overrides, one key=value per item), or continue with "
+        f"`mamlrun train <the run's overrides> hydra.run.dir={run_dir}`"
+    )
     try:
-        recorded = read_record(overrides_file) or []
+        recorded = read_record(overrides_file, advice) or []
     except UserError as exc:
         fail(exc)
     if not isinstance(recorded, list) or not all(isinstance(o, str) for o in recorded):
-        fail(
-            f"{overrides_file} holds no list of overrides; restore it (the run's command line, one key=value per item)"
-        )
+        fail(f"{overrides_file} holds no list of overrides: {advice}")
     saved = [o for o in recorded if not is_sweep_setting(o)]
     given = list(ctx.args)
     run_hydra([*replaced_by(saved, given), *given, f"hydra.run.dir={run_dir.resolve()}", "hydra.mode=RUN"])

@@ -161,6 +161,29 @@ def may_change_on_eval(key: str) -> bool:
     return matches(key, MAY_CHANGE_ON_EVAL)
 
 
+def upgrade_config(cfg: DictConfig) -> None:
+    """Give the config of a checkpoint written by an older mamlrun the keys this one reads, with
+    the meaning the run had before each key existed, so it resumes and re-evaluates unchanged:
+    meta-RL runs before eval.episodes used domain.rollouts episodes per test step; supervised runs
+    before eval.support_range drew support points from the whole range; runs before
+    eval.alpha_values adapted test tasks with the trained schedule; 2D-navigation runs before
+    domain.tasks.goal_region ended episodes within a circle; conv nets before model.zero_head
+    meta-trained their head."""
+    if not all(isinstance(cfg.get(part), DictConfig) for part in ("domain", "eval", "model")):
+        return  # not a run's config: the comparison that follows names what is missing
+    if cfg.domain.kind == "rl" and "episodes" not in cfg.eval:
+        cfg.eval.episodes = cfg.domain.rollouts
+    if cfg.domain.kind != "rl" and "support_range" not in cfg.eval:
+        cfg.eval.support_range = None
+    if "alpha_values" not in cfg.eval:
+        cfg.eval.alpha_values = None
+    tasks = cfg.domain.get("tasks")
+    if cfg.domain.name == "nav2d" and tasks is not None and "goal_region" not in tasks:
+        tasks.goal_region = "circle"
+    if str(cfg.model.get("_target_", "")).endswith("Conv4") and "zero_head" not in cfg.model:
+        cfg.model.zero_head = False
+
+
 # Differences named first: what tells a user at once that two runs are not the same experiment.
 MOST_TELLING = ("domain.name", "domain.kind", "seed", "model._target_", "order", "alpha._target_")
 

@@ -199,7 +199,8 @@ def report(
 ) -> None:
     """Write the meta-test everywhere: log table, eval.json, table.txt, figures, W&B metrics and summary.
 
-    `source` says where the numbers came from (checkpoint, iteration, domain, eval_seed) and goes
+    `source` says where the numbers came from (checkpoint, iteration, domain, eval_seed, the
+    test-time alpha schedule `test_alpha`) and goes
     into eval.json, with `headline` (what a sweep optimises); `log_step` is the W&B step (W&B drops
     steps lower than its last one); `log_table=False` leaves the table to the caller.
     """

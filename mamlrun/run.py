@@ -23,6 +23,7 @@ from mamlrun.config_checks import (
     describe_differences,
     may_change_on_eval,
     run_defining_differences,
+    upgrade_config,
 )
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime import distributed
@@ -178,12 +179,11 @@ def check_checkpoint_fits_run(cfg: DictConfig, path: Path, run_dir: Path) -> Non
     record = run_dir / HYDRA_DIR / "config.yaml"
     if not record.is_file():
         return
-    saved = read_record(record)
-    if not isinstance(saved, dict):
-        raise UserError(
-            f"{record} holds no run settings (a YAML mapping); restore it, or move the checkpoint out"
-        )
-    run_cfg = OmegaConf.create(saved)
+    advice = "restore it, or evaluate the checkpoint file itself from outside the run directory"
+    run_cfg = read_record(record, advice, as_config=True)
+    if not isinstance(run_cfg, DictConfig):
+        raise UserError(f"{record} holds no run settings (a YAML mapping): {advice}")
+    upgrade_config(run_cfg)  # as the checkpoint's config: keys added since, with their meaning then
     try:
         run_settings = OmegaConf.to_container(run_cfg, resolve=True)
     except OmegaConfBaseException:  # an interpolation only Hydra resolves: compare as written
@@ -195,19 +195,6 @@ def check_checkpoint_fits_run(cfg: DictConfig, path: Path, run_dir: Path) -> Non
             f"checkpoint {path} does not fit the run in {run_dir} ({describe_differences(differences, 2)}): "
             "evaluate the run's own checkpoints, or move this one out of the run"
         )
-
-
-def upgrade_config(cfg: DictConfig) -> None:
-    """Give the config of a checkpoint written by an older mamlrun the keys this one reads
-    (meta-RL runs before eval.episodes existed used domain.rollouts episodes per test step;
-    supervised runs before eval.support_range existed drew support points from the whole range; runs
-    before eval.alpha_values existed adapted their test tasks with the trained schedule)."""
-    if cfg.domain.kind == "rl" and "episodes" not in cfg.eval:
-        cfg.eval.episodes = cfg.domain.rollouts
-    if cfg.domain.kind != "rl" and "support_range" not in cfg.eval:
-        cfg.eval.support_range = None
-    if "alpha_values" not in cfg.eval:
-        cfg.eval.alpha_values = None
 
 
 def apply_overrides(

@@ -125,6 +125,10 @@ CASES: list[Case] = [
         "eval.alpha_values=[0.2] is invalid: MetaSGDAlpha meta-trains its own step sizes",
     ),
     Case(f"{OMNIGLOT} model.zero_head=maybe", "model.zero_head='maybe' is invalid: true or false"),
+    Case(
+        f"{OMNIGLOT} model.zero_head=true inner_steps=0",
+        "model.zero_head=True is invalid: a zero head learns only in the inner loop, and inner_steps=0",
+    ),
     Case(f"{SMOKE} checkpoint.every=-1", "checkpoint.every=-1 is invalid"),
     Case(f"{SMOKE} checkpoint.resume=perhaps", "checkpoint.resume='perhaps' is invalid: "),
     Case(f"{SMOKE} progress=2", "progress=2 is invalid: progress (the progress bar) is true or false"),

@@ -11,7 +11,7 @@ import torch
 
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import CheckpointError
-from tests.conftest import run_cli, smoke_overrides
+from tests.conftest import needs_omniglot, run_cli, smoke_overrides
 
 
 class RunsCode:
@@ -107,3 +107,63 @@ def test_checkpoint_of_another_model_is_a_named_mismatch(tmp_path):
     assert proc.returncode == 2
     assert "'model.hidden=[8]' cannot take effect in mamlrun eval" in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and not (run_dir / "eval").exists()
+
+
+def drop_from_saved_config(run_dir, dotted: str) -> None:
+    """Make `run_dir` look written before setting `dotted` existed: remove it from last.pt's config
+    and from .hydra/config.yaml (what an older mamlrun wrote)."""
+    import yaml
+
+    *parents, leaf = dotted.split(".")
+    last = run_dir / "checkpoints" / "last.pt"
+
+    def without(text: str) -> str:
+        settings = yaml.safe_load(text)
+        node = settings
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+        return yaml.safe_dump(settings)
+
+    state = ckpt.load_checkpoint(last)
+    state["config"] = without(state["config"])  # the run's config, as YAML text
+    ckpt.save_checkpoint(last, state)
+    record = run_dir / ".hydra" / "config.yaml"
+    record.write_text(without(record.read_text()))
+
+
+def test_a_nav2d_run_from_before_goal_region_resumes_only_with_the_circle_it_used(tmp_path):
+    """Before domain.tasks.goal_region, episodes ended within a circle: resuming such a run under
+    the box default is refused naming both, and it resumes with goal_region=circle."""
+    nav = tmp_path / "nav"
+    run_cli(
+        "train", "experiment=nav2d_smoke", "logger=none", "meta_iterations=2", "eval.every=0",
+        "checkpoint.every=1", f"hydra.run.dir={nav}", cwd=tmp_path, check=True,
+    )  # fmt: skip
+    drop_from_saved_config(nav, "domain.tasks.goal_region")
+    refused = run_cli("resume", str(nav), "meta_iterations=3", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "domain.tasks.goal_region='circle' in the checkpoint, 'box' now" in refused.stderr, refused.stderr
+    resumed = run_cli(
+        "resume", str(nav), "meta_iterations=3", "domain.tasks.goal_region=circle", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert ckpt.load_checkpoint(nav / "checkpoints" / "last.pt")["iteration"] == 3
+
+
+@needs_omniglot
+def test_a_conv_run_from_before_zero_head_resumes_and_evaluates(tmp_path):
+    """Before model.zero_head, conv nets meta-trained their head (false): such a run resumes and
+    `mamlrun eval` takes it."""
+    conv = tmp_path / "conv"
+    run_cli(
+        "train", "experiment=omniglot_minimal", "debug=smoke", "logger=none", "meta_iterations=2",
+        "eval.every=0", "checkpoint.every=1", f"hydra.run.dir={conv}", cwd=tmp_path, check=True,
+    )  # fmt: skip
+    drop_from_saved_config(conv, "model.zero_head")
+    resumed = run_cli("resume", str(conv), "meta_iterations=3", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert ckpt.load_checkpoint(conv / "checkpoints" / "last.pt")["iteration"] == 3
+    drop_from_saved_config(conv, "model.zero_head")
+    evaluated = run_cli("eval", str(conv), "logger=none", "eval.tasks=4", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]

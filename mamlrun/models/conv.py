@@ -34,7 +34,8 @@ class Conv4(nn.Module):
         pool: 2x2 max-pooling after each block (MiniImageNet) instead of stride-2 convolutions (Omniglot).
         zero_head: every task starts from a zero head (Kao et al. 2022's zeroing trick): the head is
             adapted in the inner loop but never meta-trained, so no class label starts ahead of
-            another and one inner step makes each class's weights its support images' features.
+            another; one inner step makes class c's row alpha / N times (its support images' mean
+            feature minus the mean over all support images).
     """
 
     def __init__(

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mamlrun.runtime.errors import UserError
 
@@ -27,18 +28,20 @@ HYDRA_DIR = ".hydra"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging format
 
 
-def read_record(path: Path) -> Any:
-    """A `.hydra/` file's contents; a file edited into invalid YAML is a one-line error naming it."""
+def read_record(path: Path, advice: str, as_config: bool = False) -> Any:
+    """A `.hydra/` file's contents (`as_config`: parsed as OmegaConf parses a config); a file
+    edited into something unreadable is a one-line error naming it, and `advice` says what to do."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        return OmegaConf.create(text) if as_config else yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise UserError(
-            f"{path} is not valid YAML ({problem}{where}): mamlrun wrote it when the run started; "
-            "restore it, or move the run's checkpoints/ to a new run directory"
-        ) from None
+        problem = f"is not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__}{where})"
+    except (OSError, UnicodeDecodeError, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        problem = f"cannot be read ({first})"
+    raise UserError(f"{path} {problem}: mamlrun wrote it when the run started; {advice}")
 
 
 def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:

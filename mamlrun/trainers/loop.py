@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mamlrun.config_checks import describe_differences, run_defining_differences
+from mamlrun.config_checks import describe_differences, run_defining_differences, upgrade_config
 from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, format_table, report
 from mamlrun.plots import training_curve_figure
 from mamlrun.runtime import checkpoint as ckpt
@@ -76,7 +76,9 @@ def last_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
 def check_same_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to continue a checkpoint written under other run-defining settings (seed, domain,
     model, order, alpha, sizes), naming each difference."""
-    saved = OmegaConf.to_container(OmegaConf.create(state["config"]))
+    saved_cfg = OmegaConf.create(state["config"])
+    upgrade_config(saved_cfg)  # keys added since it was written, with the meaning they had then
+    saved = OmegaConf.to_container(saved_cfg)
     differences = run_defining_differences(saved, OmegaConf.to_container(cfg, resolve=True))
     if differences:
         raise UserError(

@@ -1,8 +1,8 @@
 """Validation and the meta-RL meta-test: returns after 0, 1, ..., K adaptation steps on fixed tasks.
 
 Each step samples eval.episodes fresh episodes per task with the current (adapted) policies,
-records their mean return, and adapts on them (alpha at step k from the schedule: `alpha=halving`
-gives 0.1 then 0.05; `eval.alpha_values`, when set, replaces the trained schedule here). The test tasks and their episodes come from `eval.seed` (validation:
+records their mean return, and adapts on them with alpha at step k from the trained schedule
+(`alpha=halving`: alpha, then alpha / 2), or from `eval.alpha_values` when it is set. The test tasks and their episodes come from `eval.seed` (validation:
 `eval.val_seed`), independent of training.
 """
 

@@ -182,6 +182,13 @@ def build(cfg: DictConfig, kind: SupervisedKind) -> SupervisedParts:
     check_fit(cfg, tasks, model, device)
     alpha_at_test(alpha, cfg.eval.get("alpha_values"))  # a bad test-time list fails now, not at validation
     frozen = set(getattr(model, "not_meta_trained", ()))  # model.zero_head: the head stays zero
+    if frozen and int(cfg.inner_steps) < 1:
+        raise ConfigError(
+            "model.zero_head",
+            True,
+            f"a zero head learns only in the inner loop, and inner_steps={cfg.inner_steps} "
+            "(experiment=pretrain has none): use model.zero_head=false or inner_steps >= 1",
+        )
     meta_trained = [p for n, p in model.named_parameters() if n not in frozen]
     optimizer = build_optimizer(cfg, [*meta_trained, *alpha.parameters()])
     sizes = TaskSizes(int(cfg.meta_batch), int(cfg.domain.shots), int(cfg.domain.query))
