@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationKeyError
 from torch import nn
 
-from mamlrun.maml import AlphaSchedule
+from mamlrun.maml import AlphaSchedule, alpha_at_test
 from mamlrun.runtime.distributed import world
 from mamlrun.runtime.errors import ConfigError, UserError
 
@@ -88,11 +88,27 @@ def build_model(cfg: DictConfig) -> nn.Module:
 
 
 def build_alpha(cfg: DictConfig, model: nn.Module) -> AlphaSchedule:
+    """The trained schedule; a bad test-time list (eval.alpha_values) fails here, not at validation."""
     shapes = {name: p.shape for name, p in model.named_parameters()}
     alpha = construct(cfg.alpha, "alpha", param_shapes=shapes, num_steps=int(cfg.inner_steps))
     if not isinstance(alpha, AlphaSchedule):
         raise UserError(f"alpha._target_={cfg.alpha._target_} is not a mamlrun.maml.AlphaSchedule")
+    alpha_at_test(alpha, cfg.eval.get("alpha_values"))
     return alpha
+
+
+def meta_trained_parameters(cfg: DictConfig, model: nn.Module) -> list[nn.Parameter]:
+    """The model's parameters the outer step trains: all but those the model keeps at their init
+    (`model.zero_head`: the head, which then learns only in the inner loop, so it needs one)."""
+    frozen = set(getattr(model, "not_meta_trained", ()))
+    if frozen and int(cfg.inner_steps) < 1:
+        raise ConfigError(
+            "model.zero_head",
+            True,
+            f"a zero head learns only in the inner loop, and inner_steps={cfg.inner_steps} "
+            "(experiment=pretrain has none): use model.zero_head=false or inner_steps >= 1",
+        )
+    return [p for name, p in model.named_parameters() if name not in frozen]
 
 
 def build_tasks(cfg: DictConfig) -> Any:

@@ -2,8 +2,9 @@
 
 Each step samples eval.episodes fresh episodes per task with the current (adapted) policies,
 records their mean return, and adapts on them with alpha at step k from the trained schedule
-(`alpha=halving`: alpha, then alpha / 2), or from `eval.alpha_values` when it is set. The test tasks and their episodes come from `eval.seed` (validation:
-`eval.val_seed`), independent of training.
+(`alpha=halving`: alpha, then alpha / 2), or from `eval.alpha_values` when it is set. The test
+tasks and their episodes come from `eval.seed` (validation: `eval.val_seed`), independent of
+training.
 """
 
 from __future__ import annotations

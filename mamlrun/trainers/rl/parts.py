@@ -184,7 +184,6 @@ def build(cfg: DictConfig) -> RLParts:
     policy = build_model(cfg).to(device)
     alpha = build_alpha(cfg, policy).to(device)
     check_policy(cfg, policy, family, device)
-    alpha_at_test(alpha, cfg.eval.get("alpha_values"))  # a bad test-time list fails now, not at validation
     outer = construct(cfg.optimizer, "optimizer")
     if not isinstance(outer, TRPO):  # a torch optimizer factory (_partial_: true)
         check_learning_rate(cfg)

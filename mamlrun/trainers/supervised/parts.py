@@ -22,6 +22,7 @@ from mamlrun.build import (
     build_model,
     build_optimizer,
     build_tasks,
+    meta_trained_parameters,
     resolve_compile,
     resolve_device,
     restore_optimizer,
@@ -180,17 +181,7 @@ def build(cfg: DictConfig, kind: SupervisedKind) -> SupervisedParts:
     model = build_model(cfg).to(device)
     alpha = build_alpha(cfg, model).to(device)
     check_fit(cfg, tasks, model, device)
-    alpha_at_test(alpha, cfg.eval.get("alpha_values"))  # a bad test-time list fails now, not at validation
-    frozen = set(getattr(model, "not_meta_trained", ()))  # model.zero_head: the head stays zero
-    if frozen and int(cfg.inner_steps) < 1:
-        raise ConfigError(
-            "model.zero_head",
-            True,
-            f"a zero head learns only in the inner loop, and inner_steps={cfg.inner_steps} "
-            "(experiment=pretrain has none): use model.zero_head=false or inner_steps >= 1",
-        )
-    meta_trained = [p for n, p in model.named_parameters() if n not in frozen]
-    optimizer = build_optimizer(cfg, [*meta_trained, *alpha.parameters()])
+    optimizer = build_optimizer(cfg, [*meta_trained_parameters(cfg, model), *alpha.parameters()])
     sizes = TaskSizes(int(cfg.meta_batch), int(cfg.domain.shots), int(cfg.domain.query))
     parts = SupervisedParts(
         cfg, device, tasks, model, alpha, kind, optimizer, None, generator(cfg.seed, device), sizes
