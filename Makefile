@@ -40,10 +40,11 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix mamlrun tests scripts
 	$(BIN)/ruff format mamlrun tests scripts
 
-bench: install ## speed and memory benchmarks: vs learn2learn, memory=recompute, RL sampling, load and sweeps
+bench: install ## speed and memory benchmarks: vs learn2learn, memory=recompute, RL sampling, the RL baseline, load and sweeps
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_sampling.py
+	$(PY) scripts/bench_baseline.py
 	$(PY) scripts/bench_scaling.py
 	$(PY) scripts/bench_torchrun.py
 

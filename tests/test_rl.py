@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from mamlrun.trainers.rl.baseline import advantages, discounted_returns, fit_lin
 from mamlrun.trainers.rl.objective import outer_terms, validation_data
 from mamlrun.trainers.rl.parts import build as build_rl_parts
 from mamlrun.trainers.rl.trpo import TRPO, conjugate_gradient, trpo_step
-from tests.conftest import compose_config, meta_test_results, run_cli, smoke_overrides
+from tests.conftest import REPO, compose_config, meta_test_results, run_cli, smoke_overrides
 from tests.test_configs import options
 from tests.toys import CountdownFamily
 
@@ -212,6 +214,43 @@ def test_linear_baseline_fits_a_linear_return_exactly():
     ) * mask
     fitted = fit_linear_baseline(obs, returns, mask, reg=1e-10)
     torch.testing.assert_close(fitted, returns, atol=1e-4, rtol=1e-4)
+
+
+ANT_LIKE_BASELINE_FITS = """
+import numpy as np, torch
+from mamlrun.trainers.rl.baseline import baseline_features, fit_linear_baseline
+g = torch.Generator().manual_seed(0)
+obs = torch.randn(2, 20, 2, 105, generator=g)  # Ant-v5's 105 observations, 2 tasks x 2 episodes
+obs[..., 27:] = 0.0  # its contact forces: zero until a body touches the ground
+mask = torch.ones(2, 20, 2)
+mask[:, 12:, 1] = 0  # an early termination
+returns = torch.randn(2, 20, 2, generator=g)
+x = baseline_features(obs, mask).double().flatten(1, 2).numpy()
+y = (returns * mask).double().flatten(1, 2).numpy()
+for threads in (2, 1):
+    torch.set_num_threads(threads)
+    for reg in (1e-5, 0.0):
+        fitted = fit_linear_baseline(obs, returns, mask, reg=reg).double()
+        for t in range(2):  # an independent reference: numpy's ridge solve or least squares, per task
+            if reg > 0:
+                w = np.linalg.solve(x[t].T @ x[t] + reg * np.eye(x.shape[-1]), x[t].T @ y[t])
+            else:
+                w = np.linalg.lstsq(x[t], y[t], rcond=None)[0]
+            want = torch.from_numpy(x[t] @ w).view(20, 2) * mask[t]
+            torch.testing.assert_close(fitted[t], want, atol=1e-4, rtol=1e-4)
+        print(f"threads={threads} reg={reg}: fitted")
+"""
+
+
+def test_linear_baseline_fits_ant_like_singular_systems_on_any_thread_count():
+    """Ant's zero contact features make XᵀX singular but for the regulariser: MKL's batched LU raised
+    on it with two threads (`Pivots given to lu_solve must all be greater or equal to 1`); reg=0
+    (singular outright) must fit too, by least squares. In a subprocess: its thread counts are its own."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ANT_LIKE_BASELINE_FITS], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(": fitted") == 4, proc.stdout
 
 
 def test_discounted_returns_and_gae_with_lambda_one_are_returns_minus_baseline():

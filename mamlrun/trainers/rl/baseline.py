@@ -32,20 +32,37 @@ def baseline_features(obs: Tensor, mask: Tensor) -> Tensor:
     return feats * mask.unsqueeze(-1)
 
 
-def fit_linear_baseline(obs: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5) -> Tensor:
-    """Per-task ridge regression of returns on the features; the fitted values, [T, H, R].
+def solve_ridge(xtx: Tensor, xty: Tensor, reg: float, retries: int = 5) -> Tensor:
+    """Per-task weights w of (XᵀX + reg·I) w = Xᵀy, [T, F, 1], by Cholesky: the matrix is symmetric
+    positive definite once reg > 0, and the factorisation reports failure in `info` instead of raising.
 
-    As in the paper's code, a singular system is retried with 10x the regulariser (up to 5 times).
+    Not an LU solve: with two or more threads MKL's batched LU raises on these systems (Ant's contact
+    features are zero until a body touches, so whole rows and columns are zero but for the
+    regulariser). A task whose factorisation fails or gives non-finite weights is retried with 10x the
+    regulariser (`retries` times, as in the paper's code), then solved by least squares.
     """
+    eye = torch.eye(xtx.shape[-1], dtype=xtx.dtype, device=xtx.device)
+    weights = torch.zeros_like(xty)
+    pending = torch.arange(xtx.shape[0], device=xtx.device)
+    for attempt in range(retries + 1):
+        chol, info = torch.linalg.cholesky_ex(xtx[pending] + reg * (10.0**attempt) * eye)
+        solved = torch.cholesky_solve(xty[pending], chol)
+        ok = (info == 0) & torch.isfinite(solved).flatten(1).all(dim=1)
+        weights[pending[ok]] = solved[ok]
+        pending = pending[~ok]
+        if pending.numel() == 0:
+            return weights
+    system = xtx[pending] + reg * (10.0**retries) * eye
+    weights[pending] = torch.linalg.lstsq(system, xty[pending]).solution
+    return weights
+
+
+def fit_linear_baseline(obs: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5) -> Tensor:
+    """Per-task ridge regression of returns on the features; the fitted values, [T, H, R]."""
     feats = baseline_features(obs, mask).double()
     x = feats.flatten(1, 2)  # [T, H*R, F]
     y = (returns * mask).double().flatten(1, 2).unsqueeze(-1)
-    xtx, xty = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
-    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-    for attempt in range(6):
-        weights, info = torch.linalg.solve_ex(xtx + reg * (10.0**attempt) * eye, xty)
-        if bool((info == 0).all()) and bool(torch.isfinite(weights).all()):
-            break
+    weights = solve_ridge(x.transpose(1, 2) @ x, x.transpose(1, 2) @ y, reg)
     return ((feats @ weights.unsqueeze(1)).squeeze(-1)).to(returns.dtype) * mask
 
 
