@@ -26,11 +26,14 @@ install: $(STAMP) ## create .venv and install mamlrun with its dev extras (torch
 run: install ## train MAML on the embedded defaults (sinusoid, the paper's setting), then meta-test
 	$(BIN)/mamlrun train
 
-test: install ## run the whole test suite (what CI runs)
-	$(BIN)/pytest -q
+# pytest-xdist workers: one per core (`make test TEST_WORKERS=0` runs it in this process, without workers).
+TEST_WORKERS ?= auto
+
+test: install ## run the whole test suite on every core (what CI runs)
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 test-fast: install ## the tests not marked slow
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check mamlrun tests scripts

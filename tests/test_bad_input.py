@@ -5,6 +5,10 @@ existing finished run directory byte for byte as it was, also when the command p
 Placeholders in a case's arguments: RUN is the finished run, TMP a folder holding a file, an empty
 folder, a config folder with a YAML syntax error and three broken checkpoints. No case needs the
 Omniglot images: data errors are caught before any image is read.
+
+Each command runs in a process of its own forked from tests/cli_server.py (run_cli: the real entry
+point, its own cwd, environment, stdio and exit code), without the 2 s of imports per case that a
+fresh interpreter pays; test_presets.py runs every preset in fresh interpreters.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from tests.conftest import (
     run_cli,
     smoke_overrides,
 )
-from tests.data_factory import write_miniimagenet_pickles
 from tests.test_configs import options
 
 OMNIGLOT_PRESETS = [e for e in options("experiment") if e.startswith("omniglot")]
@@ -62,40 +61,6 @@ def test_presets_hold_the_papers_settings():
         assert cfg.eval.paper[shots][test_steps] == paper
         if name.startswith("miniimagenet"):
             assert cfg.domain.query == 15 and cfg.eval.query == 15
-
-
-@needs_omniglot
-@pytest.mark.parametrize("preset", OMNIGLOT_PRESETS)
-def test_omniglot_presets_smoke_run_on_the_real_minimal_sets(tmp_path, preset):
-    split = [] if preset.startswith("omniglot_minimal") else MINIMAL_PAPER_SPLIT
-    cfg = compose_config([f"experiment={preset}", "debug=smoke", "meta_iterations=2", *split])
-    train_in(cfg, tmp_path)
-    result = meta_test_results(tmp_path)[0]
-    assert result["metric"] == "acc" and len(result["steps"]) == cfg.eval.steps + 1
-    assert 0.0 <= result["mean"][-1] <= 100.0
-
-
-@pytest.mark.parametrize("preset", MINIIMAGENET_PRESETS)
-def test_miniimagenet_presets_smoke_run_on_generated_data(tmp_path, preset):
-    # 32x32 instead of 84x84 images: every setting of the preset but the pixel count (on a CPU, a
-    # second-order step through 5 inner steps of the conv net at 84x84 takes tens of seconds).
-    classes = {"train": 6, "val": 5, "test": 5}
-    root = write_miniimagenet_pickles(tmp_path / "mini", classes, images_per_class=20, size=32)
-    cfg = compose_config(
-        [
-            f"experiment={preset}",
-            "debug=smoke",
-            "meta_iterations=2",
-            "domain.image_size=32",
-            f"domain.tasks.root={root}",
-            f"domain.tasks.cache_dir={tmp_path / 'cache'}",
-            "eval.tasks=2",
-            "eval.val_tasks=2",
-        ]
-    )
-    train_in(cfg, tmp_path / "run")
-    result = meta_test_results(tmp_path / "run")[0]
-    assert result["num_tasks"] == 2 and len(result["steps"]) == cfg.eval.steps + 1
 
 
 @needs_omniglot

@@ -391,32 +391,6 @@ def test_rl_presets_hold_the_papers_settings():
     }
 
 
-@pytest.mark.parametrize("preset", SMOKE_PRESETS)
-def test_smoke_presets_run_two_iterations_on_real_environments(tmp_path, preset):
-    cfg = compose_config(
-        [
-            f"experiment={preset}",
-            "logger=none",
-            "progress=false",
-            "meta_iterations=2",
-            "eval.every=2",
-            "checkpoint.every=2",
-        ]
-    )
-    train_in(cfg, tmp_path)
-    result = meta_test_results(tmp_path)[0]
-    assert result["metric"] == "return" and len(result["steps"]) == 4
-    assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 2
-    assert (tmp_path / "trajectories.png").exists() == preset.startswith("nav2d")
-    assert (tmp_path / "training_curve.png").stat().st_size > 10_000  # returns before/after adaptation
-    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    train = [m for m in metrics if "train/return_pre" in m]
-    assert [m["step"] for m in train] == [1, 2]
-    assert all(
-        m["perf/sample_s"] > 0 and m["perf/update_s"] > 0 and m["perf/env_steps_per_s"] > 0 for m in train
-    )
-
-
 def test_debug_smoke_shrinks_rl_paper_presets():
     for name in PAPER_PRESETS:
         cfg = compose_config([f"experiment={name}", "debug=smoke"])
@@ -437,15 +411,6 @@ def test_cpu_presets_keep_the_papers_horizon_and_trpo_at_a_quarter_of_its_data()
         steps, paper_steps = (c.meta_batch * c.domain.rollouts for c in (cfg, paper))
         assert steps * 4 <= paper_steps, name
         assert cfg.domain.tasks.vectorization == "async" and cfg.threads == 1
-
-
-def test_a_cpu_preset_runs_with_async_sampling_and_draws_its_training_curve(tmp_path):
-    """halfcheetah_dir_cpu shrunk by debug=smoke: real MuJoCo in worker processes, the meta-test,
-    and training_curve.png with the returns before and after adaptation."""
-    cfg = compose_config(["experiment=halfcheetah_dir_cpu", "debug=smoke", "domain.tasks.workers=2"])
-    train_in(cfg, tmp_path)
-    assert meta_test_results(tmp_path)[0]["metric"] == "return"
-    assert (tmp_path / "training_curve.png").stat().st_size > 10_000
 
 
 def test_resumed_rl_run_is_bit_identical(tmp_path):
@@ -525,7 +490,7 @@ def test_nav2d_learns_to_adapt(tmp_path):
             "experiment=nav2d_paper",
             "logger=none",
             "progress=false",
-            "meta_iterations=40",
+            "meta_iterations=20",
             "meta_batch=10",
             "domain.rollouts=10",
             "domain.inner_lr=0.1",  # the text's step size: at this size the preset's 0.5 backtracks more
@@ -540,8 +505,9 @@ def test_nav2d_learns_to_adapt(tmp_path):
     at_init = next(m for m in metrics if "train/return_pre" in m)["train/return_pre"]
     result = meta_test_results(tmp_path)[0]
     before, after = result["mean"][0], result["mean"][1]
-    # Measured here (40 iterations, 10 tasks x 10 episodes, 40 s): -84 on the first batch (the
-    # initial policy, actions scaled to 0.1), -35 before adaptation and -15 after one step (-6 after
-    # two) on the meta-test; the paper, after 500 iterations: -40, -12, -3.
+    # Measured here (20 iterations, 10 tasks x 10 episodes, 34 s on one thread; seeds 0, 1, 2):
+    # -84/-72/-78 on the first batch (the initial policy, actions scaled to 0.1), -37/-36/-38 before
+    # adaptation and -16/-14/-15 after one step on the meta-test (40 iterations: -35 and -15); the
+    # paper, after 500 iterations: -40, -12, -3.
     assert after > before + 10, result["mean"]
     assert after > at_init + 10, (after, at_init)

@@ -51,9 +51,15 @@ class Episodes:
 
 
 def policy_distribution(policy: nn.Module, params: dict[str, Tensor], obs: Tensor, batched: bool):
-    """(mean, log_std) for obs [T, ..., obs_dim]; params shared, or one set per task (batched)."""
+    """(mean, log_std) for obs [T, ..., obs_dim]; params shared, or one set per task (batched).
+
+    Shared params are expanded to one (view) per task, so every task's rows are one batched matmul
+    of their own: a single [T*R, d] matmul rounds a row differently depending on how many rows
+    there are (seen with MKL on AVX-512), and a torchrun rank holding 3 of 5 tasks would then
+    sample different episodes than one process.
+    """
     if not batched:
-        return torch.func.functional_call(policy, params, (obs,))
+        params = {k: v.expand(obs.shape[0], *v.shape) for k, v in params.items()}
     return torch.func.vmap(lambda p, o: torch.func.functional_call(policy, p, (o,)))(params, obs)
 
 
