@@ -13,7 +13,7 @@ SHAPES = {"net.0.weight": torch.Size([4, 1]), "net.0.bias": torch.Size([4])}
 
 def rates(alpha, step):
     return {
-        k: float(v) if not torch.is_tensor(v) or v.ndim == 0 else v
+        k: (v if v.ndim > 0 else float(v.detach())) if torch.is_tensor(v) else float(v)
         for k, v in alpha.rates(dict(alpha.named_parameters()), step).items()
     }
 

@@ -95,7 +95,7 @@ def test_paper_presets_hold_the_papers_settings():
 def test_alpha_group_reads_the_domains_inner_lr():
     cfg = compose_config(["alpha=learned", "domain.inner_lr=0.2", "inner_steps=3"])
     alpha = build_alpha(cfg, build_model(cfg))
-    assert all(float(p.min()) == pytest.approx(0.2) and p.numel() == 3 for p in alpha.parameters())
+    assert all(float(p.detach().min()) == pytest.approx(0.2) and p.numel() == 3 for p in alpha.parameters())
 
 
 @pytest.mark.parametrize("launcher,target", [("local_parallel", "joblib"), ("slurm_gpu", "submitit")])
