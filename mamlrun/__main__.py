@@ -1,5 +1,5 @@
 """`python -m mamlrun ...` is the same as the `mamlrun` command."""
 
-from mamlrun.cli import main
+from mamlrun.entry import main
 
 main()

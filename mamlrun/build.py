@@ -44,8 +44,11 @@ def construct(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, UserError):
             raise cause from None
         target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
-        first = str(cause or exc).strip().splitlines()
-        raise UserError(f"{key}: could not build {target}: {first[-1] if first else exc}") from None
+        lines = [line.strip() for line in str(cause or exc).splitlines() if line.strip()]
+        why = " ".join(line for line in lines if not line.startswith("full_key:"))  # Hydra adds the key
+        if cause is None:  # Hydra's own refusal (e.g. a blocklisted target), not the target's error
+            why = f"Hydra refuses to instantiate it: {why}"
+        raise UserError(f"{key}: could not build {target}: {why or exc}") from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,12 +12,15 @@ mamlrun version
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 import yaml
+
+from mamlrun.runtime.signals import exit_interrupted
 
 # click's usage errors, raised when standalone_mode is off so that mamlrun reports them in one line
 # (typer >= 0.22 vendors click as typer._click; older typer uses click itself).
@@ -245,14 +248,19 @@ def main() -> None:
             )
         argv = ["train", *argv]
     try:
-        app(args=argv, prog_name="mamlrun", standalone_mode=False)
+        # without standalone mode, Typer turns a Ctrl-C into a return value (130) instead of an exit
+        code = app(args=argv, prog_name="mamlrun", standalone_mode=False)
     except NoArgsIsHelpError as exc:  # a bare `mamlrun`: the help, as --help shows it
         typer.echo(exc.format_message())
     except UsageError as exc:  # one line, not click's usage box
         command = exc.ctx.command_path if exc.ctx is not None else "mamlrun"
         fail(f"{exc.format_message()} (`{command} --help` shows the usage)")
     except typer.Abort:
-        raise SystemExit(130) from None
+        exit_interrupted(signal.SIGINT)
+    if code == 128 + signal.SIGINT:
+        exit_interrupted(signal.SIGINT)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ RUN_INTEGERS: dict[str, tuple[int, str, bool]] = {
 }
 
 
+SEEDS = ("seed", "eval.seed", "eval.val_seed")
+SEED_LIMIT = 2**63  # torch's generators take 64 bits; the offsets the code adds to a seed stay below
+
+
 def select(cfg: DictConfig, key: str) -> Any:
     """The value at a dotted key (KeyError-free for keys the config defines)."""
     value: Any = cfg
@@ -54,6 +58,9 @@ def check_run(cfg: DictConfig, kinds: tuple[str, ...]) -> None:
     if cfg.domain.kind not in kinds:
         raise ConfigError("domain.kind", cfg.domain.kind, f"choose one of {', '.join(kinds)}")
     check_integers(cfg, RUN_INTEGERS)
+    for key in SEEDS:
+        if select(cfg, key) >= SEED_LIMIT:
+            raise ConfigError(key, select(cfg, key), "a seed must be an integer >= 0 and below 2**63")
     if cfg.eval.use not in ("best", "last"):
         raise ConfigError("eval.use", cfg.eval.use, "choose best or last")
     check_memory(cfg.get("memory", "keep"))  # absent from configs written before the setting existed

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from mamlrun.plots import curve_figure
+from mamlrun.runtime.errors import naming
 from mamlrun.runtime.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,8 @@ def write_eval_json(path: Path, results: Sequence[CurveResult], **extra: Any) ->
     partial = path.with_name(
         f".{path.name}.partial"
     )  # atomic: a reader sees the old file or the whole new one
-    partial.write_text(text + "\n", encoding="utf-8")
+    with naming(partial):
+        partial.write_text(text + "\n", encoding="utf-8")
     os.replace(partial, path)
 
 
@@ -215,7 +217,8 @@ def report(
         source.get("iteration"),
         table,
     )
-    (out_dir / TABLE_TXT).write_text(format_table(results, spec) + "\n", encoding="utf-8")
+    with naming(out_dir / TABLE_TXT):
+        (out_dir / TABLE_TXT).write_text(format_table(results, spec) + "\n", encoding="utf-8")
     curve = curve_figure(results, out_dir / CURVE_PNG, outcome.title, spec.axis_label, spec.curve)
     figures = {"eval/curve": curve, **outcome.figures}
     if tracker is not None:

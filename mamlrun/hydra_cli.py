@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import yaml
 
-from mamlrun.runtime.errors import UserError
+from mamlrun.runtime.errors import UserError, describe_os_error
 
 
 class HydraArgumentError(UserError):
@@ -171,11 +171,8 @@ def hydra_error_line(exc: BaseException, overrides: list[str]) -> str | None:
         )
     if isinstance(exc, yaml.YAMLError):
         return f"YAML syntax error in a config file: {first_line(str(exc))}"
-    if isinstance(exc, OSError):
-        return (
-            f"cannot write the run directory ({exc.strerror}: {exc.filename}): choose a hydra.run.dir "
-            "(hydra.sweep.dir for -m) that is a directory you can write"
-        )
+    if isinstance(exc, OSError):  # Hydra making the run or sweep directory
+        return describe_os_error(exc)
     if isinstance(exc, (HydraException, OmegaConfBaseException)):  # Hydra's own words, on one line
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return None

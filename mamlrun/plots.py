@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mamlrun.runtime.errors import naming
+
 
 class Curve(Protocol):
     """One meta-test curve (mamlrun.evaluation.CurveResult has these fields)."""
@@ -41,7 +43,8 @@ def new_figure(panels: int, width: float, height: float) -> tuple[Figure, list]:
 def save_figure(fig: Figure, path: Path) -> Path:
     """Save as PNG (120 dpi) and free the figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with naming(path):
+        fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
 

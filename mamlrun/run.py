@@ -8,6 +8,7 @@ code, never a traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,13 @@ from mamlrun.config_checks import (
 )
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime import distributed
-from mamlrun.runtime.errors import CheckpointError, Interrupted, UserError
+from mamlrun.runtime.errors import (
+    RUN_PLACES,
+    CheckpointError,
+    Interrupted,
+    UserError,
+    describe_os_error,
+)
 from mamlrun.runtime.malloc import tune_malloc
 from mamlrun.runtime.run_record import (
     HYDRA_DIR,
@@ -49,6 +56,8 @@ from mamlrun.trainers.supervised import CLASSIFICATION_RECIPE, REGRESSION_RECIPE
 log = logging.getLogger("mamlrun")
 MISSING_KEY = object()
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # the config groups (logger=none in `mamlrun eval`)
+
+EVAL_PLACES = "make the run's eval/ a folder you can write, or evaluate a copy of the checkpoint elsewhere"
 
 RECIPES: dict[str, Recipe] = {
     "regression": REGRESSION_RECIPE,
@@ -104,10 +113,8 @@ def train(cfg: DictConfig) -> float:
             log.info("run directory: %s", run_dir)
 
         return loop.train(recipe, cfg, run_dir, on_accept=accept if ranks.is_main else None)
-    except (UserError, Interrupted) as exc:
-        report_and_exit(exc)
-    except OmegaConfBaseException as exc:  # e.g. an interpolation that points nowhere
-        report_and_exit(UserError(f"config: {str(exc).strip().splitlines()[0]}"))
+    except (UserError, Interrupted, OmegaConfBaseException, OSError) as exc:
+        report_and_exit(reportable(exc))  # in the job: Hydra would add a line of its own
     finally:
         held.release()
         distributed.stop()
@@ -164,13 +171,30 @@ def evaluate_checkpoint(target: Path, overrides: list[str]) -> float:
             headline = loop.evaluate(recipe, cfg, path, out_dir, wandb).headline
         log.info("results in %s", out_dir)
         return headline
-    except (UserError, OmegaConfBaseException) as exc:
+    except (UserError, OmegaConfBaseException, OSError, Interrupted, KeyboardInterrupt) as exc:
         if out_dir is not None:
             remove_eval_dir(out_dir)
-        if isinstance(exc, OmegaConfBaseException):  # e.g. a key the checkpoint's config lacks
-            exc = UserError(f"config: {str(exc).strip().splitlines()[0]}")
-        report_and_exit(exc)
+        report = reportable(exc, EVAL_PLACES)
+        if isinstance(report, Interrupted):
+            removed = f"; its folder {out_dir} was removed" if out_dir is not None else ""
+            report = Interrupted(report.signum, f"evaluation {report}{removed}: run it again")
+        report_and_exit(report)
     raise AssertionError("unreachable")
+
+
+def reportable(exc: BaseException, places: str = RUN_PLACES) -> UserError | Interrupted:
+    """The one-line report of what ended a command: our own errors as they are, a config error, a
+    file-system error naming its file (`places`: where the user can write instead), a Ctrl-C as
+    the signal it was."""
+    if isinstance(exc, UserError | Interrupted):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(signal.SIGINT, "interrupted by SIGINT")
+    if isinstance(exc, OSError):
+        return UserError(describe_os_error(exc, places))
+    if isinstance(exc, OmegaConfBaseException):  # e.g. a key the checkpoint's config lacks
+        return UserError(f"config: {str(exc).strip().splitlines()[0]}")
+    raise exc
 
 
 def check_checkpoint_fits_run(cfg: DictConfig, path: Path, run_dir: Path) -> None:

@@ -2,7 +2,7 @@
 (torch, Hydra, mamlrun: about 2 of the 2.7 s a bare `python -m mamlrun` takes), then forks a fresh
 child for each command. The child is a process of its own: its own working directory, environment,
 stdin (/dev/null), stdout and stderr (files the client reads back) and exit code, and it runs the
-same entry point as `python -m mamlrun` (`mamlrun.cli.main`) and ends as the interpreter would: an
+same entry point as `python -m mamlrun` (`mamlrun.entry.main`) and ends as the interpreter would: an
 uncaught exception prints its traceback and exits 1, atexit handlers run.
 
 For the table-driven tests that run the CLI many times on input it must refuse. Nothing in the
@@ -23,9 +23,10 @@ import time
 import traceback
 
 import mamlrun.cli
+import mamlrun.entry
 import mamlrun.run
 
-MAIN = os.path.join(os.path.dirname(mamlrun.cli.__file__), "__main__.py")
+MAIN = os.path.join(os.path.dirname(mamlrun.entry.__file__), "__main__.py")
 
 
 def exit_code(exc: SystemExit) -> int:
@@ -50,7 +51,7 @@ def run_child(request: dict) -> None:
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
         sys.argv = [MAIN, *request["args"]]
         try:
-            mamlrun.cli.main()
+            mamlrun.entry.main()
             code = 0
         except SystemExit as exc:
             code = exit_code(exc)

@@ -176,11 +176,13 @@ def latest_eval(run_dir: Path) -> Path:
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file below `folder`, by relative path (a run directory left alone keeps them)."""
+    """sha256 of every file below `folder`, by relative path (a run directory left alone keeps them).
+    Links are left out: W&B's `logs/debug-core.log` points at its service's log in ~/.cache, which
+    any later W&B process may write to."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(Path(folder).rglob("*"))
-        if p.is_file()
+        if p.is_file() and not p.is_symlink()
     }
 
 

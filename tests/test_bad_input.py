@@ -3,7 +3,8 @@ and one line on stderr naming the bad value (and what is valid), print no traceb
 existing finished run directory byte for byte as it was, also when the command points at it.
 
 Placeholders in a case's arguments: RUN is the finished run, TMP a folder holding a file, an empty
-folder, a config folder with a YAML syntax error and three broken checkpoints. No case needs the
+folder, a config folder with a YAML syntax error, three broken checkpoints and two copies of the run
+whose eval/ cannot take a new folder. No case needs the
 Omniglot images: data errors are caught before any image is read.
 
 Each command runs in a process of its own forked from tests/cli_server.py (run_cli: the real entry
@@ -13,6 +14,7 @@ fresh interpreter pays; test_presets.py runs every preset in fresh interpreters.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -75,19 +77,29 @@ CASES: list[Case] = [
         f"{SMOKE} hydra.searchpath=[file://TMP/user_conf] domain=bad",
         "YAML syntax error in TMP/user_conf/domain/bad.yaml line 2",
     ),
-    Case(f"{SMOKE} hydra.run.dir=TMP/a_file", "cannot write the run directory (File exists: TMP/a_file)"),
     Case(
-        f"{SMOKE} hydra.run.dir=/sys/mamlrun_run", "cannot write the run directory (Operation not permitted"
+        f"{SMOKE} hydra.run.dir=TMP/a_file",
+        "cannot write TMP/a_file (File exists): choose a place you can write",
+    ),
+    Case(
+        f"{SMOKE} hydra.run.dir=/sys/mamlrun_run", "cannot write /sys/mamlrun_run (Operation not permitted)"
     ),
     Case(
         f"{SMOKE} -m hydra.sweep.dir=TMP/a_file seed=1",
-        "cannot write the run directory (File exists: TMP/a_file)",
+        "cannot write TMP/a_file (File exists): choose a place you can write",
     ),
     Case("configs extra", "Got unexpected extra argument(s) (extra)"),
     Case("version --bogus", "No such option: --bogus"),
     Case("eval", "Missing argument 'target'"),
     # ---- run-level values
     Case(f"{SMOKE} seed=-1", "seed=-1 is invalid: the seed must be an integer >= 0"),
+    Case(f"{SMOKE} seed={2**70}", f"seed={2**70} is invalid: a seed must be an integer >= 0 and below 2**63"),
+    Case(f"{SMOKE} eval.seed={2**63}", f"eval.seed={2**63} is invalid: a seed must be"),
+    Case(f"eval RUN eval.seed={2**64}", f"eval.seed={2**64} is invalid: a seed must be"),
+    Case(
+        f"{SMOKE} model._target_=os.system",
+        "model: could not build os.system: Hydra refuses to instantiate it: Target 'os.system' is blocklisted",
+    ),
     Case(f"{SMOKE} seed=1.5", "seed=1.5 is invalid"),
     Case(f"{SMOKE} seed=abc", "seed='abc' is invalid"),
     Case(f"{SMOKE} meta_batch=0", "meta_batch=0 is invalid: the meta-batch (tasks per meta-update) must be"),
@@ -216,6 +228,11 @@ CASES: list[Case] = [
     Case("eval TMP/junk.pt", "checkpoint TMP/junk.pt is corrupt or truncated"),
     Case("eval TMP/truncated.pt", "checkpoint TMP/truncated.pt is corrupt or truncated"),
     Case("eval TMP/runs_code.pt", "refusing to load TMP/runs_code.pt"),
+    Case(
+        "eval TMP/eval_is_a_file",
+        "cannot write TMP/eval_is_a_file/eval (File exists): make the run's eval/ a folder you can write",
+    ),
+    Case("eval TMP/eval_in_sys", "cannot write TMP/eval_in_sys/eval/"),  # a link to /sys/kernel
     Case("eval RUN domain=omniglot", "override 'domain=omniglot' cannot take effect in mamlrun eval"),
     Case("eval RUN domain.ways=20", "override 'domain.ways=20': no setting named 'domain.ways'"),
     Case("eval RUN meta_batch=3", "override 'meta_batch=3' cannot take effect in mamlrun eval"),
@@ -253,6 +270,10 @@ def places(tmp_path_factory) -> tuple[Path, Path]:
     (tmp / "user_conf" / "domain").mkdir(parents=True)
     (tmp / "user_conf" / "domain" / "bad.yaml").write_text("name: [unclosed\nkind: regression\n")
     (tmp / "junk.pt").write_text("not a checkpoint\n")
+    for name in ("eval_is_a_file", "eval_in_sys"):  # copies of the run whose eval/ cannot take a folder
+        shutil.copytree(run_dir, tmp / name)
+    (tmp / "eval_is_a_file" / "eval").write_text("not a folder\n")
+    (tmp / "eval_in_sys" / "eval").symlink_to("/sys/kernel")  # not writable, even by root
     (tmp / "truncated.pt").write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes()[:3000])
     torch.save(
         {"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": RunsCode(tmp / "pwned")},

@@ -14,6 +14,7 @@ from mamlrun.run import train_in
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.lock import RunLock
 from tests.conftest import file_hashes, run_cli, smoke_overrides
+from tests.test_faults import run_with_file_size_limit
 
 
 def test_a_second_process_in_a_run_directory_is_refused_naming_the_holder(tmp_path):
@@ -118,27 +119,14 @@ def test_a_rejected_command_leaves_an_existing_run_byte_identical(finished_run, 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_in_one_line(tmp_path):
     """A checkpoint write that fails for lack of space (here: a file-size limit, which fails the
     write the same way, with EFBIG instead of ENOSPC) ends with one line and exit 2; last.pt stays."""
-    import resource
-    import subprocess
-    import sys
-
     run_dir = tmp_path / "run"
     run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
     last = run_dir / "checkpoints" / "last.pt"
     before = last.read_bytes()
     limit = len(before) // 2  # the small files (logs, metrics) fit; a checkpoint does not
 
-    def small_disk() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "mamlrun", "resume", str(run_dir), "meta_iterations=8", "eval.every=0"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "WANDB_MODE": "offline"},
-        preexec_fn=small_disk,
+    proc = run_with_file_size_limit(
+        ["resume", str(run_dir), "meta_iterations=8", "eval.every=0"], tmp_path, limit
     )
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]

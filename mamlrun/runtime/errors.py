@@ -6,6 +6,11 @@ checkpoint, a diverged run); the CLI prints its message and exits with `exit_cod
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
+from pathlib import Path
+
 
 class UserError(Exception):
     """A problem the user can fix; its message is the whole report."""
@@ -36,11 +41,13 @@ class StepFailed(UserError):
     loop saves the state from the start of that iteration, so a resumed run repeats it exactly."""
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived: the training loop saved a checkpoint, or the work a signal cut short
+    had nothing to save. A BaseException, as KeyboardInterrupt is: no `except Exception` swallows it."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum
 
 
@@ -55,3 +62,29 @@ def require_int(key: str, value: object, low: int, meaning: str, *, optional: bo
         suffix = " (or null)" if optional else ""
         raise ConfigError(key, value, f"{meaning} must be an integer >= {low}{suffix}")
     return value
+
+
+RUN_PLACES = "choose a place you can write (hydra.run.dir; hydra.sweep.dir for -m)"
+
+
+def describe_os_error(exc: OSError, otherwise: str = RUN_PLACES) -> str:
+    """One line for a file-system error (a full disk, a size limit, a permission, a file where a
+    folder belongs): the file, the OS's reason and what to do (`otherwise`: when space is not it)."""
+    where = f" {exc.filename}" if exc.filename is not None else ""
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        advice = "free space, or raise the quota or file-size limit"
+    else:
+        advice = otherwise
+    return f"cannot write{where} ({exc.strerror or exc}): {advice}"
+
+
+@contextlib.contextmanager
+def naming(path: Path | str) -> Iterator[None]:
+    """Name `path` in an OSError raised without a file name: a write that fills the disk or passes a
+    file-size limit fails with only the OS's reason, and the report should say which file it was."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise

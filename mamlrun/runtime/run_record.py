@@ -22,7 +22,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mamlrun.runtime.errors import UserError
+from mamlrun.runtime.errors import UserError, naming
 
 HYDRA_DIR = ".hydra"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging format
@@ -48,9 +48,14 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> 
     """`.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml`, as Hydra itself writes them."""
     folder = Path(run_dir) / HYDRA_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
-    (folder / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}), encoding="utf-8")
-    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task), encoding="utf-8")
+    records = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+    }
+    for name, text in records.items():
+        with naming(folder / name):
+            (folder / name).write_text(text, encoding="utf-8")
 
 
 class HeldLogFile:

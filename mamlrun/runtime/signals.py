@@ -22,10 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
+from typing import NoReturn
 
 from mamlrun.runtime.errors import Interrupted
 
@@ -33,6 +35,17 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[int, FrameType | None], object]
 REQUEUE_WAIT_S = 120.0  # how long a rank > 0 waits for rank 0's requeue to end it before it exits
+
+
+def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    """A signal handler: end what runs now with `Interrupted`, as Ctrl-C does with KeyboardInterrupt."""
+    raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}")
+
+
+def exit_interrupted(signum: int, message: str | None = None) -> NoReturn:
+    """The one line and the exit status (128 + signal) of a command a signal ended."""
+    print(f"mamlrun: stopped: {message or f'interrupted by {signal.Signals(signum).name}'}", file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 def submitit_signal() -> tuple[int, Handler] | None:

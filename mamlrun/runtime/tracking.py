@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mamlrun.runtime.errors import naming
+
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id.txt"
@@ -149,15 +151,17 @@ class Tracker:
             meta_test = any(key.startswith(META_TEST_PREFIX) for key in record)
             if record.get("step", -1) <= step and not meta_test:
                 kept.append(line)
-        self.metrics_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        with naming(self.metrics_path):
+            self.metrics_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         """Record `metrics` at iteration `step` in both sinks."""
         record = {k: _plain(v) for k, v in metrics.items()}
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-            self._jsonl.flush()
+            with naming(self.metrics_path):
+                self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+                self._jsonl.flush()
         self._wandb_call("log", lambda: self.wandb_run.log(record, step=step))
 
     def summary(self, metrics: Mapping[str, Any]) -> None:

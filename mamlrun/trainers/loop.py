@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -179,17 +180,25 @@ def train_locked(
         if not ranks.is_main:  # rank 0 alone validates, meta-tests and writes
             exit_code = 0
             return float("nan")
-        draw_training_curve(parts, cfg, run_dir, tracker)
         wandb_on = tracker.wandb_run is not None  # W&B's closing summary would scroll the table away
-        outcome = meta_test(
-            recipe,
-            parts,
-            cfg,
-            run_dir,
-            tracker,
-            log_step=max(start, int(cfg.meta_iterations)),
-            log_table=not wandb_on,
-        )
+        try:
+            draw_training_curve(parts, cfg, run_dir, tracker)
+            outcome = meta_test(
+                recipe,
+                parts,
+                cfg,
+                run_dir,
+                tracker,
+                log_step=max(start, int(cfg.meta_iterations)),
+                log_table=not wandb_on,
+            )
+        except (KeyboardInterrupt, Interrupted) as exc:  # training is saved; a resume redoes the meta-test
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            raise Interrupted(
+                signum,
+                f"stopped by signal {signum} during the final meta-test (training had ended, "
+                f"checkpoints in {ckpt.checkpoint_dir(run_dir)}); resume with: mamlrun resume {run_dir}",
+            ) from None
         tracker.summary({"best/val_metric": best["metric"], "best/iteration": best["iteration"]})
         exit_code = 0
     finally:
