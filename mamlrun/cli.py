@@ -117,12 +117,13 @@ def resume(
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         fail(f"{run_dir} is not a mamlrun run directory (no {overrides_file})")
+    from mamlrun import hydra_cli
     from mamlrun.runtime.errors import UserError
     from mamlrun.runtime.run_record import read_record
 
     advice = (
         f"restore it (the run's overrides, one key=value per item), or continue with "
-        f"`mamlrun train <the run's overrides> hydra.run.dir={run_dir}`"
+        f"`mamlrun train <the run's overrides> hydra.run.dir={hydra_cli.quoted(str(run_dir))}`"
     )
     try:
         recorded = read_record(overrides_file, advice) or []
@@ -132,7 +133,8 @@ def resume(
         fail(f"{overrides_file} holds no list of overrides: {advice}")
     saved = [o for o in recorded if not is_sweep_setting(o)]
     given = list(ctx.args)
-    run_hydra([*replaced_by(saved, given), *given, f"hydra.run.dir={run_dir.resolve()}", "hydra.mode=RUN"])
+    run_dir_override = f"hydra.run.dir={hydra_cli.quoted(str(run_dir.resolve()))}"
+    run_hydra([*replaced_by(saved, given), *given, run_dir_override, "hydra.mode=RUN"])
 
 
 def torchrun_rank_overrides(options: list[str], overrides: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ typo must cost a second and say what is valid, not start a wrong run or print 89
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
@@ -176,6 +177,14 @@ def hydra_error_line(exc: BaseException, overrides: list[str]) -> str | None:
     if isinstance(exc, (HydraException, OmegaConfBaseException)):  # Hydra's own words, on one line
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return None
+
+
+def quoted(value: str) -> str:
+    """`value` as a quoted string of Hydra's override grammar, read back exactly: a run directory
+    named `lr=0.01,seed=1` (a sweep's `${hydra.job.override_dirname}`) or `a b/ü` is one value,
+    not a syntax error. Quotes are escaped, and backslashes where they would escape a quote."""
+    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, value)
+    return "'" + escaped.replace("'", "\\'") + "'"
 
 
 def first_line(text: str) -> str:

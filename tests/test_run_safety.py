@@ -137,3 +137,26 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_in_one_line(tmp_p
     assert "Traceback" not in proc.stderr
     assert last.read_bytes() == before
     assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"]  # no temp file left
+
+
+@pytest.mark.parametrize("name", ["a b/ü", "it's"], ids=["space-and-non-ASCII", "quote"])
+def test_resume_works_in_a_run_directory_of_any_name(tmp_path, name):
+    run_dir = tmp_path / name
+    # Hydra's grammar needs the name quoted on the train command line; resume quotes it itself
+    run_cli("train", "debug=smoke", f'hydra.run.dir="{run_dir}"', cwd=tmp_path, check=True)
+    proc = run_cli("resume", str(run_dir), "meta_iterations=6", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 6
+
+
+def test_one_job_of_an_override_dirname_sweep_resumes(tmp_path):
+    """Job folders named like `optimizer.lr=0.001,seed=1`: the layout many Hydra users sweep with."""
+    sweep = tmp_path / "sweep"
+    run_cli(
+        "train", "-m", "debug=smoke", f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=${hydra.job.override_dirname}", "seed=0,1", cwd=tmp_path, check=True,
+    )  # fmt: skip
+    job = sweep / "debug=smoke,seed=1"
+    proc = run_cli("resume", str(job), "meta_iterations=6", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ckpt.load_checkpoint(job / "checkpoints" / "last.pt")["iteration"] == 6
