@@ -3,8 +3,8 @@
 SIGINT and SIGTERM that arrive while nothing of the command's own handles them (the imports, Hydra's
 composition, building the run) unwind the process, so `finally` blocks release the run's lock and
 remove a half-made eval folder, and end it with one line and exit status 128 + the signal (130 for
-Ctrl-C), never 0 and never a traceback. The training loop and the meta-test install their own
-handlers (they save a checkpoint, or remove what they had started) and restore these after.
+Ctrl-C), never 0 and never a traceback. The training loop installs its own handlers (it saves a
+checkpoint) and restores these after; the meta-test and `mamlrun eval` catch what these raise.
 This module imports nothing heavy, so it is in place before torch, Hydra and Typer load.
 """
 
