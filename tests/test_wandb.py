@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tests.conftest import run_cli, smoke_overrides
@@ -125,13 +129,23 @@ def test_a_resumed_sweep_job_keeps_its_wandb_group_and_name(tmp_path):
     assert run_identity(job) == first  # same run, same group, same name (not "0", no group)
 
 
+def _connections_waiting(listener: socket.socket) -> int:
+    """How many connections reached `listener` (never answered, they wait in its accept queue)."""
+    listener.setblocking(False)
+    count = 0
+    while True:
+        try:
+            listener.accept()[0].close()
+        except BlockingIOError:
+            return count
+        count += 1
+
+
 def test_an_unreachable_wandb_server_costs_seconds_and_one_warning(tmp_path):
     """WANDB_MODE=online with a key but a server that never answers (a socket that accepts and stays
     silent, like a dead proxy): wandb.init alone would block about 90 s. The run waits
-    logger.init_timeout, says so once, and logs to W&B offline instead."""
-    import socket
-    import time
-
+    logger.init_timeout, says so once, and logs to W&B offline instead; nothing dials the server
+    again (W&B's teardown did, with WANDB_MODE=online left in the environment: about 10 s more)."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # connections queue up and are never answered
@@ -143,6 +157,7 @@ def test_an_unreachable_wandb_server_costs_seconds_and_one_warning(tmp_path):
         proc = run_cli(
             "train", *smoke_overrides(run_dir, "logger=wandb", "logger.init_timeout=2"), cwd=tmp_path, env=env
         )
+        dialled = _connections_waiting(silent)
     finally:
         silent.close()
     elapsed = time.monotonic() - started
@@ -150,6 +165,55 @@ def test_an_unreachable_wandb_server_costs_seconds_and_one_warning(tmp_path):
     output = proc.stdout + proc.stderr
     assert output.count(f"W&B server {url} did not answer within 2 s (logger.init_timeout") == 1, output
     assert "W&B failed" not in output
+    assert dialled == 1, f"the server was dialled {dialled} times: only the bounded probe may wait on it"
     assert elapsed < 60, f"took {elapsed:.0f} s: the wait for W&B was not bounded"  # unbounded: 90 s and more
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     assert offline_run(run_dir).name == f"run-{run_id}.wandb"  # the metrics are kept for `wandb sync`
+
+
+class _Rejecting(BaseHTTPRequestHandler):
+    """A W&B server that rejects every request's key: HTTP 401, as api.wandb.ai answers a bad key."""
+
+    def _reject(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = b'{"errors":[{"message":"user is not logged in"}]}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _reject
+
+    def log_message(self, *args) -> None:  # keep the test's output clean
+        pass
+
+
+def test_a_server_that_rejects_the_key_gets_an_offline_run(tmp_path):
+    """HTTP 401 from the server: the run says so once and logs to W&B offline, so `wandb sync` can
+    upload it once the key is fixed (it used to log to metrics.jsonl only)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Rejecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    run_dir = tmp_path / "run"
+    env = {"WANDB_MODE": "online", "WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": url}
+    try:
+        proc = run_cli(
+            "train", *smoke_overrides(run_dir, "logger=wandb", "logger.init_timeout=2"), cwd=tmp_path, env=env
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr
+    log_text = (run_dir / "mamlrun.log").read_text()
+    assert log_text.count(f"W&B server {url} refused this run") == 1, log_text
+    assert "W&B failed" not in log_text
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    records = read_records(offline_run(run_dir))
+    assert offline_run(run_dir).name == f"run-{run_id}.wandb"
+    logged = {
+        i.key or "/".join(i.nested_key) for r in records if r.HasField("history") for i in r.history.item
+    }
+    assert "train/loss" in logged, sorted(logged)

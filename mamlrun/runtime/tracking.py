@@ -88,7 +88,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ W&B
     def _start_wandb(self, config: Mapping[str, Any], settings: dict[str, Any]) -> None:
-        id_file, identity_file = self.run_dir / RUN_ID_FILE, self.run_dir / IDENTITY_FILE
+        id_file = self.run_dir / RUN_ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         if run_id:  # a resumed run keeps its group and name
             kept = read_identity(self.run_dir)
@@ -97,33 +97,59 @@ class Tracker:
         if settings.get("mode") in ONLINE_MODES:
             unreachable = server_unreachable(wandb_server(), timeout)
             if unreachable is not None:
-                log.warning(
-                    "W&B server %s did not answer within %g s (logger.init_timeout; %s): this run logs to "
-                    "W&B offline in %s; upload it later with `wandb sync %s/offline-run-*`",
-                    wandb_server(),
-                    timeout,
-                    unreachable,
-                    self.run_dir / "wandb",
-                    self.run_dir / "wandb",
+                self._go_offline(
+                    settings, f"did not answer within {timeout:g} s (logger.init_timeout; {unreachable})"
                 )
-                settings["mode"] = "offline"
         try:
-            import wandb
-
-            self.wandb_run = wandb.init(
-                config=dict(config),
-                dir=str(self.run_dir),
-                id=run_id,
-                resume="allow" if run_id else None,
-                settings=wandb.Settings(init_timeout=timeout),
-                **{k: v for k, v in settings.items() if v is not None},
-            )
-            id_file.write_text(self.wandb_run.id + "\n")
-            identity = {"id": self.wandb_run.id, "group": settings.get("group"), "name": settings.get("name")}
-            identity_file.write_text(json.dumps(identity) + "\n", encoding="utf-8")
+            self._init_wandb(config, settings, run_id, timeout)
         except Exception as exc:
-            log.warning("W&B failed to start (%s); logging to %s only", exc, self.metrics_path)
-            self.wandb_run = None
+            if settings.get("mode") not in ONLINE_MODES:
+                log.warning("W&B failed to start (%s); logging to %s only", exc, self.metrics_path)
+                self.wandb_run = None
+                return
+            self._go_offline(settings, f"refused this run ({exc})")
+            try:
+                self._init_wandb(config, settings, run_id, timeout)
+            except Exception as again:
+                log.warning(
+                    "W&B failed to start offline too (%s); logging to %s only", again, self.metrics_path
+                )
+                self.wandb_run = None
+
+    def _init_wandb(
+        self, config: Mapping[str, Any], settings: dict[str, Any], run_id: str | None, timeout: float
+    ):
+        """wandb.init with `settings`; keeps the run id and identity for a resume."""
+        import wandb
+
+        self.wandb_run = wandb.init(
+            config=dict(config),
+            dir=str(self.run_dir),
+            id=run_id,
+            resume="allow" if run_id else None,
+            settings=wandb.Settings(init_timeout=timeout),
+            **{k: v for k, v in settings.items() if v is not None},
+        )
+        (self.run_dir / RUN_ID_FILE).write_text(self.wandb_run.id + "\n")
+        identity = {"id": self.wandb_run.id, "group": settings.get("group"), "name": settings.get("name")}
+        (self.run_dir / IDENTITY_FILE).write_text(json.dumps(identity) + "\n", encoding="utf-8")
+
+    def _go_offline(self, settings: dict[str, Any], why: str) -> None:
+        """Log this run to W&B offline (saying why and how to upload it), and the rest of this process
+        too: with an online mode still in WANDB_MODE, W&B's teardown at exit dials the dead server
+        again (10 s more measured; 3 s when the variable is put back at finish). Later jobs of an
+        in-process sweep then skip it."""
+        folder = self.run_dir / "wandb"
+        log.warning(
+            "W&B server %s %s: this run logs to W&B offline in %s; upload it later with "
+            "`wandb sync %s/offline-run-*`",
+            wandb_server(),
+            why,
+            folder,
+            folder,
+        )
+        settings["mode"] = "offline"
+        os.environ["WANDB_MODE"] = "offline"
 
     def _wandb_call(self, what: str, fn, *args, **kwargs) -> None:
         if self.wandb_run is None:
