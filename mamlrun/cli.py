@@ -15,12 +15,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import yaml
 
 from mamlrun.runtime.signals import exit_interrupted
+
+if TYPE_CHECKING:
+    from mamlrun.runtime.parallel_sweep import SweepRelay
 
 # click's usage errors, raised when standalone_mode is off so that mamlrun reports them in one line
 # (typer >= 0.22 vendors click as typer._click; older typer uses click itself).
@@ -58,6 +61,7 @@ def run_hydra(args: list[str]) -> None:
     import hydra
 
     from mamlrun import hydra_cli
+    from mamlrun.runtime import parallel_sweep
     from mamlrun.task import train as train_task
 
     if not (CONF_DIR / "config.yaml").is_file():
@@ -76,16 +80,43 @@ def run_hydra(args: list[str]) -> None:
     sys.argv = ["mamlrun", *options, *overrides]
     user_wants_tracebacks = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we report
+    stderr = sys.stderr = parallel_sweep.HeldJobLine(sys.stderr)
+    ended: BaseException | None = None
     try:
         hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train_task)()
+    except parallel_sweep.JobEnded as exc:  # a job of a parallel sweep reported its end (or a stop)
+        ended = exc
     except Exception as exc:
         line = None if user_wants_tracebacks else hydra_cli.hydra_error_line(exc, overrides)
         if line is None:
             raise
         fail(line)
     finally:
+        sys.stderr = stderr.stream
+        stderr.release(drop=not user_wants_tracebacks and ended is not None)
+        relay = parallel_sweep.end_relay()
         if not user_wants_tracebacks:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+    if relay is not None and relay.requested is not None:
+        report_stopped_sweep(relay)
+    if isinstance(ended, parallel_sweep.JobEnded):
+        raise SystemExit(ended.exit_code)  # the job printed its one line
+
+
+def report_stopped_sweep(relay: SweepRelay) -> NoReturn:
+    """After a signal ended a parallel sweep: each unfinished job's state, then the one line."""
+    from mamlrun.runtime import parallel_sweep
+
+    lines, finished = parallel_sweep.job_states(relay.sweep_dir)
+    for line in lines:
+        typer.echo(f"mamlrun: {line}", err=True)
+    signum = relay.requested
+    assert signum is not None
+    exit_interrupted(
+        signum,
+        f"sweep {relay.sweep_dir} interrupted by {signal.Signals(signum).name}: {finished} job(s) finished"
+        + (f", {len(lines)} did not (listed above)" if lines else ""),
+    )
 
 
 @app.command(context_settings=PASS_THROUGH)

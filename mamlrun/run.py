@@ -7,6 +7,7 @@ code, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -27,7 +28,7 @@ from mamlrun.config_checks import (
     upgrade_config,
 )
 from mamlrun.runtime import checkpoint as ckpt
-from mamlrun.runtime import distributed
+from mamlrun.runtime import distributed, parallel_sweep
 from mamlrun.runtime.errors import (
     RUN_PLACES,
     CheckpointError,
@@ -76,21 +77,41 @@ def recipe_for(cfg: DictConfig) -> Recipe:
 
 
 def report_and_exit(exc: UserError | Interrupted) -> None:
-    """Print the one-line message (and record it in the run's log file), then exit non-zero."""
+    """Print the one-line message (and record it in the run's log file), then exit non-zero.
+
+    A job of a parallel sweep ends with `JobEnded` instead (joblib would kill the other jobs on a
+    SystemExit), and leaves a stop for the sweep's parent to report with the others."""
     level = logging.WARNING if isinstance(exc, Interrupted) else logging.ERROR
     record = log.makeRecord(log.name, level, __file__, 0, "%s", (exc,), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):  # the terminal gets the line below instead
             handler.handle(record)
-    print(
-        f"mamlrun: {'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}",
-        file=sys.stderr,
-        flush=True,
-    )
+    parallel_job = parallel_sweep.in_worker_job()
+    if isinstance(exc, Interrupted) and parallel_job:
+        parallel_sweep.stopped_by(exc.signum)
+    else:
+        print(
+            f"mamlrun: {'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if parallel_job:
+        raise parallel_sweep.JobEnded(exc.exit_code, str(exc))
     raise SystemExit(exc.exit_code)
 
 
 def train(cfg: DictConfig) -> float:
+    """Meta-train (and meta-test) one configuration; returns the best validation metric. In a
+    worker of a parallel sweep, the worker's signals stop the job (`parallel_sweep`)."""
+    hydra_cfg = HydraConfig.get()
+    in_worker = hydra_cfg.mode == RunMode.MULTIRUN and parallel_sweep.is_joblib(
+        str(hydra_cfg.launcher.get("_target_", ""))
+    )
+    with parallel_sweep.worker_job() if in_worker else contextlib.nullcontext():
+        return train_job(cfg)
+
+
+def train_job(cfg: DictConfig) -> float:
     """Meta-train (and meta-test) one configuration; returns the best validation metric.
 
     Nothing is written into the run directory (Hydra's `.hydra/` record, the log file) until the
@@ -99,6 +120,7 @@ def train(cfg: DictConfig) -> float:
     tune_malloc()
     held = HeldLogFile()
     try:
+        parallel_sweep.raise_if_stopped()
         recipe = recipe_for(cfg)
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)

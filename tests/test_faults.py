@@ -10,8 +10,10 @@ does, with EFBIG instead of ENOSPC).
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,10 +59,16 @@ def meta_test_of_eval(proc: subprocess.Popen, eval_parent: Path) -> bool:
     return bool(logs) and "evaluating" in logs[0].read_text()
 
 
+def both_jobs_training(proc: subprocess.Popen, sweep_dir: Path) -> bool:
+    return all(training(proc, sweep_dir / job) for job in ("0", "1"))
+
+
 def interrupt(
-    args: list[str], cwd: Path, watch: Path, moment: Moment, signum: int
+    args: list[str], cwd: Path, watch: Path, moment: Moment, signum: int, to_group: bool = False
 ) -> subprocess.CompletedProcess:
-    """Start `python -m mamlrun ARGS`, send `signum` once `moment` holds, and let it end."""
+    """Start `python -m mamlrun ARGS` in a session of its own, send `signum` once `moment` holds (to
+    its whole process group with `to_group`, as a terminal's Ctrl-C does), let it end, and check
+    that no process of its session outlives it by more than 10 s."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mamlrun", *args],
         cwd=cwd,
@@ -69,15 +77,37 @@ def interrupt(
         stdin=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "WANDB_MODE": "offline"},
+        start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while not moment(proc, watch):
         assert proc.poll() is None, f"the command ended before the moment came: {proc.communicate()}"
         assert time.monotonic() < deadline, "the moment never came"
         time.sleep(0.005)
-    proc.send_signal(signum)
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
+    deadline = time.monotonic() + 10  # no process of the command outlives it (a sweep's workers)
+    while living_in_session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not living_in_session(proc.pid), f"left running: {living_in_session(proc.pid)}\n{err}"
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def living_in_session(session: int) -> list[str]:
+    """The processes of a session that still run (not zombies), as `pid command`."""
+    living = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            living.append(f"{stat.parent.name} {command}")
+    return living
 
 
 def assert_stopped(proc: subprocess.CompletedProcess, signum: int) -> str:
@@ -92,16 +122,18 @@ def assert_stopped(proc: subprocess.CompletedProcess, signum: int) -> str:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("moment", [importing_torch, folder_exists, training], ids=lambda m: m.__name__)
 def test_a_signal_at_any_moment_of_training_ends_with_128_plus_the_signal(tmp_path, moment, signum):
-    run_dir = tmp_path / "run"
-    proc = interrupt(["train", *smoke_overrides(run_dir, *LONG_TRAINING)], tmp_path, run_dir, moment, signum)
+    run_dir = tmp_path / "my runs" / "lr=0.01,seed=1"  # a space for the shell, `=` and `,` for Hydra
+    in_run_dir = ["debug=smoke", f"hydra.run.dir='{run_dir}'"]  # quoted for Hydra's grammar
+    proc = interrupt(["train", *in_run_dir, *LONG_TRAINING], tmp_path, run_dir, moment, signum)
     last = assert_stopped(proc, signum)
     if moment is training:  # the loop saved where it was, and the run goes on from there
-        assert last.endswith(f"resume with: mamlrun resume {run_dir}"), last
+        hint = last.partition("resume with: ")[2]
+        assert shlex.split(hint) == ["mamlrun", "resume", str(run_dir)], last  # a command to paste
         stopped_at = ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"]
         assert stopped_at > 0
-        run_cli("resume", str(run_dir), f"meta_iterations={stopped_at + 2}", cwd=tmp_path, check=True)
+        run_cli(*shlex.split(hint)[1:], f"meta_iterations={stopped_at + 2}", cwd=tmp_path, check=True)
     else:  # nothing was under way: the run directory takes a new run (no lock, no half-made record)
-        run_cli("train", *smoke_overrides(run_dir), cwd=tmp_path, check=True)
+        run_cli("train", *in_run_dir, cwd=tmp_path, check=True)
     assert (run_dir / "eval.json").is_file()
 
 
@@ -184,3 +216,55 @@ def test_training_on_a_full_disk_names_the_file_and_keeps_the_checkpoints(finish
     written = assert_names_the_file(proc, run_dir)
     assert written.endswith(".png"), written
     assert ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 4
+
+
+PARALLEL_SWEEP = ("-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "seed=0,1,2")
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["SIGTERM-parent", "Ctrl-C"]
+)
+def test_a_signal_to_a_parallel_sweep_stops_every_job_where_it_is_and_leaves_no_process(
+    tmp_path, signum, to_group
+):
+    """SIGTERM to the parent alone (a scheduler, `kill PID`) or Ctrl-C (the whole process group):
+    both running jobs save where they are, the queued third does not start, the parent lists them
+    and exits 128 + signal, no worker outlives it, and a stopped job resumes."""
+    sweep = tmp_path / "sweep"
+    args = ["train", *PARALLEL_SWEEP, "debug=smoke", f"hydra.sweep.dir={sweep}", *LONG_TRAINING]
+    proc = interrupt(args, tmp_path, sweep, both_jobs_training, signum, to_group=to_group)
+    last = assert_stopped(proc, signum)
+    name = signal.Signals(signum).name
+    assert (
+        last
+        == f"mamlrun: stopped: sweep {sweep} interrupted by {name}: 0 job(s) finished, 3 did not (listed above)"
+    )
+    lines = proc.stderr.strip().splitlines()
+    for job in ("0", "1"):
+        stopped_at = ckpt.load_checkpoint(sweep / job / "checkpoints" / "last.pt")["iteration"]
+        assert stopped_at > 0
+        saved = (
+            f"mamlrun: job {job}: saved at iteration {stopped_at} of 1000000; mamlrun resume {sweep / job}"
+        )
+        assert saved in lines, proc.stderr
+    assert "mamlrun: job 2: did not start" in lines
+    assert [p.name for p in (sweep / "2").iterdir()] == ["mamlrun.log"]  # Hydra's, empty
+    assert not (sweep / "2" / "mamlrun.log").read_text()
+    run_cli("resume", str(sweep / "0"), f"meta_iterations={stopped_at + 2}", cwd=tmp_path, check=True)
+    assert (sweep / "0" / "eval.json").is_file()
+
+
+def test_a_job_that_fails_in_a_parallel_sweep_lets_the_others_finish(tmp_path):
+    """A one-line error in one job (a bad value) is that job's end, not its siblings': joblib
+    killed every other job at once when a job ended with SystemExit."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train", "-m", "hydra/launcher=local_parallel", "optimizer.lr=0.001,inf", "debug=smoke",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "mamlrun: error: optimizer.lr=inf is invalid: the meta learning rate must be a finite number > 0"
+    ]
+    assert json.loads((sweep / "0" / "eval.json").read_text())["results"], "the good job did not finish"
+    assert not (sweep / "1" / ".hydra").exists()

@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import math
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -85,7 +86,7 @@ def check_same_run(state: dict[str, Any], cfg: DictConfig, run_dir: Path) -> Non
         raise UserError(
             f"run directory {run_dir} holds a run with other settings ({describe_differences(differences)}): "
             "continue it with its own "
-            f"settings (mamlrun resume {run_dir}), or choose another hydra.run.dir"
+            f"settings (mamlrun resume {shlex.quote(str(run_dir))}), or choose another hydra.run.dir"
         )
 
 
@@ -197,7 +198,7 @@ def train_locked(
             raise Interrupted(
                 signum,
                 f"stopped by signal {signum} during the final meta-test (training had ended, "
-                f"checkpoints in {ckpt.checkpoint_dir(run_dir)}); resume with: mamlrun resume {run_dir}",
+                f"checkpoints in {ckpt.checkpoint_dir(run_dir)}); resume with: mamlrun resume {shlex.quote(str(run_dir))}",
             ) from None
         tracker.summary({"best/val_metric": best["metric"], "best/iteration": best["iteration"]})
         exit_code = 0
@@ -323,7 +324,7 @@ def run_iterations(
                 raise Interrupted(
                     stopping,
                     f"stopped by signal {stopping} at iteration {step}; "
-                    f"checkpoint saved to {folder / ckpt.LAST}; resume with: mamlrun resume {run_dir}",
+                    f"checkpoint saved to {folder / ckpt.LAST}; resume with: mamlrun resume {shlex.quote(str(run_dir))}",
                 )
     if start >= total:
         log.info("nothing to train (meta_iterations=%d, at iteration %d)", total, start)
