@@ -139,12 +139,15 @@ def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> torch.op
         raise UserError(f"optimizer: {exc}") from None
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], cfg: DictConfig) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], cfg: DictConfig, scheduled: bool = False
+) -> None:
     """Load a checkpoint's optimizer state, then apply the configured optimizer.lr: a run resumed
-    with a new learning rate (the divergence message's advice) uses it, and the log says so."""
+    with a new learning rate (the divergence message's advice) uses it, and the log says so.
+    `scheduled`: an lr schedule sets the rate (`lr_schedule.restore_lr_schedule` applies a new one)."""
     optimizer.load_state_dict(state)
     lr = cfg.optimizer.get("lr")
-    if lr is None:
+    if lr is None or scheduled:
         return
     old = {group["lr"] for group in optimizer.param_groups}
     if old != {float(lr)}:

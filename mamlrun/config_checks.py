@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mamlrun.maml.adapt import check_memory
 from mamlrun.runtime.errors import ConfigError, require_int
 from mamlrun.runtime.threads import thread_budget
+from mamlrun.trainers.annealing import read_annealing
 
 # key -> (lowest valid value, what the key means, may it be null)
 RUN_INTEGERS: dict[str, tuple[int, str, bool]] = {
@@ -64,6 +65,7 @@ def check_run(cfg: DictConfig, kinds: tuple[str, ...]) -> None:
     if cfg.eval.use not in ("best", "last"):
         raise ConfigError("eval.use", cfg.eval.use, "choose best or last")
     check_memory(cfg.get("memory", "keep"))  # absent from configs written before the setting existed
+    read_annealing(cfg)
     for key, meaning in RUN_BOOLEANS.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
@@ -175,7 +177,8 @@ def upgrade_config(cfg: DictConfig) -> None:
     before eval.support_range drew support points from the whole range; runs before
     eval.alpha_values adapted test tasks with the trained schedule; 2D-navigation runs before
     domain.tasks.goal_region ended episodes within a circle; conv nets before model.zero_head
-    meta-trained their head."""
+    meta-trained their head; runs before inner_params adapted every parameter, and before MAML++'s
+    settings had no multi-step loss and no order annealing."""
     if not all(isinstance(cfg.get(part), DictConfig) for part in ("domain", "eval", "model")):
         return  # not a run's config: the comparison that follows names what is missing
     if cfg.domain.kind == "rl" and "episodes" not in cfg.eval:
@@ -189,6 +192,18 @@ def upgrade_config(cfg: DictConfig) -> None:
         tasks.goal_region = "circle"
     if str(cfg.model.get("_target_", "")).endswith("Conv4") and "zero_head" not in cfg.model:
         cfg.model.zero_head = False
+    if "inner_params" not in cfg:
+        cfg.inner_params = "all"
+    if "lr_schedule" not in cfg:
+        cfg.lr_schedule = {"name": "constant", "min_lr": 0.0}
+    if "multi_step_loss" not in cfg:
+        cfg.multi_step_loss = {"enabled": False, "anneal_iterations": 5000}
+    if (
+        isinstance(cfg.get("order"), DictConfig)
+        and not cfg.order.first_order
+        and "first_order_iterations" not in cfg.order
+    ):
+        cfg.order.first_order_iterations = 0
 
 
 # Differences named first: what tells a user at once that two runs are not the same experiment.

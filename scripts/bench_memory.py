@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
 from mamlrun.maml import ConstantAlpha, MetaGradient, MetaObjective, task_meta_loss
-from mamlrun.maml.objective import autograd_grad_and_value, num_tasks, task_slice
+from mamlrun.maml.chunks import num_tasks, task_chunks
+from mamlrun.maml.objective import autograd_grad_and_value
 from mamlrun.models import Conv4
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported
@@ -101,14 +102,12 @@ def keep_by_autograd(task_loss, alpha, steps: int, first_order: bool, chunk: int
     batched = torch.func.vmap(one_task, in_dims=(None, 0, 0), randomness="different")
 
     def chunk_loss(meta, support, query, total: int):
-        post, pre = batched(meta, support, query)
-        return post.sum() / total, (post.detach().sum(), pre.sum())
+        outer, (post, pre) = batched(meta, support, query)
+        return outer.sum() / total, (post.sum(), pre.sum())
 
     def objective(meta, support, query) -> MetaGradient:
-        total = num_tasks(support)
-        size, grads, loss = chunk or total, None, 0.0
-        for start in range(0, total, size):
-            part = [task_slice(x, start, min(start + size, total)) for x in (support, query)]
+        total, grads, loss = num_tasks(support), None, 0.0
+        for part in task_chunks(chunk, support, query):
             g, (_, (post, _)) = autograd_grad_and_value(chunk_loss, meta, *part, total)
             grads, loss = (g if grads is None else tree_map(torch.add, grads, g)), loss + post
         return MetaGradient(grads, loss / total, torch.zeros(()))

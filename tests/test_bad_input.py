@@ -248,6 +248,38 @@ CASES: list[Case] = [
     Case("eval RUN eval.steps=3 eval.steps=4", "eval.steps is given twice"),
     Case("eval RUN -m", "'-m': mamlrun eval takes key=value overrides only"),
     Case("eval RUN device=cuda", "device='cuda' is invalid: no CUDA device", {"CUDA_VISIBLE_DEVICES": ""}),
+    # ---- MAML's variants (inner_params, MAML++'s settings)
+    Case(
+        f"{SMOKE} inner_params=nope",
+        "inner_params='nope' is invalid: choose all (MAML: every parameter), head",
+    ),
+    Case(f"{SMOKE} inner_params=[zz*]", "inner_params=['zz*'] is invalid: 'zz*' matches no parameter of MLP"),
+    Case(
+        f"{OMNIGLOT} model.zero_head=true inner_params=body",
+        "inner_params='body' is invalid: head.weight, head.bias learn only in the inner loop",
+    ),
+    Case(
+        f"{SMOKE} multi_step_loss.enabled=yes",
+        "multi_step_loss.enabled='yes' is invalid: the multi-step loss is on",
+    ),
+    Case(f"{SMOKE} multi_step_loss.anneal_iterations=-1", "multi_step_loss.anneal_iterations=-1 is invalid"),
+    Case(f"{SMOKE} order.first_order_iterations=-5", "order.first_order_iterations=-5 is invalid"),
+    Case(
+        f"{SMOKE} order=first order.first_order_iterations=5",
+        "no setting named 'order.first_order_iterations'",
+    ),
+    Case(f"{SMOKE} lr_schedule.name=cos", "lr_schedule.name='cos' is invalid: choose constant or cosine"),
+    Case(
+        f"{SMOKE} lr_schedule.name=cosine lr_schedule.min_lr=1",
+        "lr_schedule.min_lr=1 is invalid: the cosine ends",
+    ),
+    Case(
+        f"{NAV} lr_schedule.name=cosine", "lr_schedule.name='cosine' is invalid: meta-RL's outer step keeps"
+    ),
+    Case(
+        f"{NAV} multi_step_loss.enabled=true",
+        "multi_step_loss.enabled=True is invalid: MAML-TRPO's outer terms",
+    ),
     # ---- the environment
     Case(f"{SMOKE} logger=wandb", "logger.mode='bogus' is invalid", {"WANDB_MODE": "bogus"}),
     Case(OMNIGLOT, "domain.tasks.root=TMP/nowhere/omniglot: does not exist", {"MAMLRUN_DATA": "TMP/nowhere"}),

@@ -97,7 +97,7 @@ def test_zero_head_is_adapted_in_the_inner_loop_but_never_meta_trained():
     parts = build(cfg, CLASSIFICATION)
     features = {k: v.detach().clone() for k, v in parts.model.named_parameters() if k.startswith("features")}
     for _ in range(2):
-        step(parts)
+        step(parts, 0)
     params = dict(parts.model.named_parameters())
     assert torch.equal(params["head.weight"], torch.zeros_like(params["head.weight"]))
     assert torch.equal(params["head.bias"], torch.zeros_like(params["head.bias"]))

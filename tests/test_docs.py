@@ -13,7 +13,14 @@ import io
 import pytest
 
 # by name: `mamlrun.maml.adapt` as an attribute is the function the package re-exports, not the module
-MODULES = ["mamlrun.maml.adapt", "mamlrun.maml.alpha", "mamlrun.maml.objective", "mamlrun.maml.terms"]
+MODULES = [
+    "mamlrun.maml.adapt",
+    "mamlrun.maml.alpha",
+    "mamlrun.maml.chunks",
+    "mamlrun.maml.objective",
+    "mamlrun.maml.terms",
+    "mamlrun.trainers.annealing",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

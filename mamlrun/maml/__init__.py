@@ -2,9 +2,11 @@
 
 from mamlrun.maml.adapt import (
     MEMORY_MODES,
+    Adapts,
     Params,
     TaskLoss,
     adapt,
+    adaptation,
     adaptation_curve,
     check_memory,
     inner_step,
@@ -25,6 +27,7 @@ from mamlrun.maml.terms import MetaTerms, QueryLoss
 
 __all__ = [
     "MEMORY_MODES",
+    "Adapts",
     "AlphaSchedule",
     "ConstantAlpha",
     "HalvingAlpha",
@@ -38,6 +41,7 @@ __all__ = [
     "QueryLoss",
     "TaskLoss",
     "adapt",
+    "adaptation",
     "adaptation_curve",
     "alpha_at_test",
     "check_memory",

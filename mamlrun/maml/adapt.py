@@ -8,6 +8,12 @@ training step (differentiated again by the outer `torch.func.grad`, i.e. second 
 
     theta'_k+1 = theta'_k - alpha_k * grad L_support(theta'_k),   k = 0..steps-1
 
+`adaptation` is the one inner loop: it yields the parameters after every inner step (and the
+support loss before it), and `adapt`, `adaptation_curve`, `task_meta_loss` (with MAML++'s
+multi-step loss) and meta-RL's outer terms are uses of it. `adapts` names the parameters the inner
+loop moves (ANIL: the head, BOIL: the body; None: all); the others stay as they are inside it, and
+their inner gradient is never computed. The update itself is written once, in `stepped`.
+
 Memory (the `memory` setting): second order, the outer backward pass needs every inner step's
 activations (and those of its inner backward pass). `memory="keep"` holds them all, so memory per
 task grows with the number of inner steps; `memory="recompute"` keeps only each step's input
@@ -34,7 +40,7 @@ The examples below share this set-up (a linear model, one regression task):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -76,6 +82,28 @@ def check_memory(memory: object) -> str:
     return memory
 
 
+Adapts = frozenset[str] | None
+"""The names of the parameters the inner loop moves (None: every parameter)."""
+
+
+def split_params(params: Params, adapts: Adapts) -> tuple[Params, Params]:
+    """(the parameters the inner loop moves, the ones it keeps), by name."""
+    if adapts is None:
+        return params, {}
+    moving = {n: p for n, p in params.items() if n in adapts}
+    return moving, {n: p for n, p in params.items() if n not in adapts}
+
+
+def stepped(moving: Params, grads: Params, rates: Mapping[str, Tensor | float]) -> Params:
+    """The inner update, theta - alpha * grad, of the parameters that move (written once)."""
+    return {name: p - rates[name] * grads[name] for name, p in moving.items()}
+
+
+def in_order(params: Params, new: Params) -> Params:
+    """`params` with the entries of `new` replaced, in `params`'s order."""
+    return {name: new.get(name, p) for name, p in params.items()}
+
+
 def inner_step(
     params: Params,
     alpha_params: Mapping[str, Tensor],
@@ -85,23 +113,29 @@ def inner_step(
     task_loss: TaskLoss,
     alpha: AlphaSchedule,
     first_order: bool,
+    adapts: Adapts = None,
 ) -> tuple[Params, Tensor]:
     """One gradient step on the support data; returns the adapted params and the loss before it.
 
     With `first_order=True` the inner gradient is a constant for any outer differentiation
-    (FOMAML); learned alphas still receive gradients through `theta - alpha * g`.
+    (FOMAML); learned alphas still receive gradients through `theta - alpha * g`. Only the
+    parameters in `adapts` move (all when None), and only their gradient is computed.
 
     Example:
         >>> adapted, loss_before = inner_step(theta, {}, 0, support, task_loss=task_loss, alpha=alpha,
         ...                                   first_order=False)
         >>> bool(task_loss(adapted, support) < loss_before)
         True
+        >>> head_only, _ = inner_step(theta, {}, 0, support, task_loss=task_loss, alpha=alpha,
+        ...                           first_order=False, adapts=frozenset({"bias"}))
+        >>> head_only["weight"] is theta["weight"], bool(head_only["bias"] != theta["bias"])
+        (True, True)
     """
-    grads, loss = torch.func.grad_and_value(task_loss)(params, support)
+    moving, kept = split_params(params, adapts)
+    grads, loss = torch.func.grad_and_value(lambda m: task_loss(kept | m, support))(moving)
     if first_order:
         grads = {name: g.detach() for name, g in grads.items()}
-    rates = alpha.rates(alpha_params, step)
-    return {name: p - rates[name] * grads[name] for name, p in params.items()}, loss
+    return in_order(params, stepped(moving, grads, alpha.rates(alpha_params, step))), loss
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,6 +205,7 @@ def recomputed_step(
     task_loss: TaskLoss,
     alpha: AlphaSchedule,
     first_order: bool,
+    adapts: Adapts = None,
 ) -> tuple[Params, Tensor]:
     """`inner_step` with the same values and gradients, keeping none of its activations for an outer
     backward pass: only its input params are kept, and the step is recomputed when the outer gradient
@@ -193,10 +228,18 @@ def recomputed_step(
     """
     if first_order:
         return inner_step(
-            params, alpha_params, step, support, task_loss=task_loss, alpha=alpha, first_order=True
+            params,
+            alpha_params,
+            step,
+            support,
+            task_loss=task_loss,
+            alpha=alpha,
+            first_order=True,
+            adapts=adapts,
         )
     names, rates = list(params), alpha.rates(alpha_params, step)
-    learned = [n for n in names if isinstance(rates[n], Tensor)]  # learned alphas: meta-parameters
+    moving = list(split_params(params, adapts)[0])
+    learned = [n for n in moving if isinstance(rates[n], Tensor)]  # learned alphas: meta-parameters
     leaves, data_spec = tree_flatten(support)
     data = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
 
@@ -206,16 +249,29 @@ def recomputed_step(
         task_leaves = list(leaves)
         for i, t in zip(data, tensors[len(names) + len(learned) :], strict=True):
             task_leaves[i] = t
-        grads, loss = torch.func.grad_and_value(task_loss)(theta, tree_unflatten(task_leaves, data_spec))
-        return (*(theta[n] - rate[n] * grads[n] for n in names), loss)  # as inner_step computes it
+        adapted, loss = inner_step(
+            theta, {}, step, tree_unflatten(task_leaves, data_spec),
+            task_loss=task_loss, alpha=_Fixed(rate), first_order=False, adapts=adapts,
+        )  # fmt: skip
+        return (*(adapted[n] for n in moving), loss)
 
     plan = _Recompute(one_step, len(names) + len(learned))
     tensors = [params[n] for n in names] + [rates[n] for n in learned] + [leaves[i] for i in data]
-    *stepped, loss = _Recomputed.apply(plan, *tensors)
-    return dict(zip(names, stepped, strict=True)), loss
+    *moved, loss = _Recomputed.apply(plan, *tensors)
+    return in_order(params, dict(zip(moving, moved, strict=True))), loss
 
 
-def adapt(
+class _Fixed:
+    """The rates of one step, as a schedule `inner_step` can read (the recomputed step's own)."""
+
+    def __init__(self, rates: Mapping[str, Tensor | float]) -> None:
+        self._rates = rates
+
+    def rates(self, alpha_params: Mapping[str, Tensor], step: int) -> Mapping[str, Tensor | float]:
+        return self._rates
+
+
+def adaptation(
     params: Params,
     alpha_params: Mapping[str, Tensor],
     support: Any,
@@ -225,11 +281,40 @@ def adapt(
     alpha: AlphaSchedule,
     first_order: bool,
     memory: str = "keep",
-) -> tuple[Params, Tensor | None]:
-    """`steps` inner steps from `params`; returns the adapted params and the support loss at step 0.
+    adapts: Adapts = None,
+) -> Iterator[tuple[Params, Tensor]]:
+    """The inner loop: yields (the params after step k + 1, the support loss before it) for k = 0 ..
+    steps - 1. Every use of the inner loop goes through here.
 
     `memory`: keep every step's activations for an outer backward pass, or recompute each step in it
     (`recomputed_step`); the same values and gradients either way.
+
+    Example:
+        >>> losses = [float(loss.detach()) for _, loss in adaptation(theta, {}, support, 3, task_loss=task_loss,
+        ...                                                  alpha=alpha, first_order=True)]
+        >>> len(losses), losses[0] > losses[1] > losses[2]
+        (3, True)
+    """
+    take_step = recomputed_step if check_memory(memory) == "recompute" else inner_step
+    for k in range(steps):
+        params, loss = take_step(
+            params,
+            alpha_params,
+            k,
+            support,
+            task_loss=task_loss,
+            alpha=alpha,
+            first_order=first_order,
+            adapts=adapts,
+        )
+        yield params, loss
+
+
+def adapt(
+    params: Params, alpha_params: Mapping[str, Tensor], support: Any, steps: int, **inner: Any
+) -> tuple[Params, Tensor | None]:
+    """`steps` inner steps from `params` (`inner`: `adaptation`'s keyword arguments); returns the
+    adapted params and the support loss at step 0.
 
     Example:
         >>> adapted, loss_before = adapt(theta, {}, support, 5, task_loss=task_loss, alpha=alpha,
@@ -237,31 +322,30 @@ def adapt(
         >>> sorted(adapted), bool(task_loss(adapted, support) < loss_before)
         (['bias', 'weight'], True)
     """
-    take_step = recomputed_step if check_memory(memory) == "recompute" else inner_step
-    first_loss = None
-    for k in range(steps):
-        params, loss = take_step(
-            params, alpha_params, k, support, task_loss=task_loss, alpha=alpha, first_order=first_order
-        )
+    adapted, first_loss = params, None
+    for k, (after, loss) in enumerate(adaptation(params, alpha_params, support, steps, **inner)):
+        adapted = after
         if k == 0:
             first_loss = loss
-    return params, first_loss
+    return adapted, first_loss
 
 
 def task_meta_loss(
     meta_params: Mapping[str, Mapping[str, Tensor]],
     support: Any,
     query: Any,
+    step_weights: Tensor | None = None,
     *,
-    task_loss: TaskLoss,
-    alpha: AlphaSchedule,
     steps: int,
-    first_order: bool,
-    memory: str = "keep",
-) -> tuple[Tensor, Tensor]:
-    """The query loss of one task after adaptation, and (as aux) its support loss before it.
+    **inner: Any,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The outer loss of one task, and (as aux) its query loss after the last step and its support
+    loss before the first.
 
-    Differentiating the query loss w.r.t. `meta_params` is MAML's meta-gradient for one task:
+    The outer loss is the query loss after adaptation, or with `step_weights` ([steps], MAML++'s
+    multi-step loss) the weighted sum of the query losses after every inner step. `inner`:
+    `adaptation`'s keyword arguments. Differentiating it
+    w.r.t. `meta_params` is MAML's meta-gradient for one task:
 
     Example:
         >>> meta = {"model": theta, "alpha": {}}
@@ -270,20 +354,20 @@ def task_meta_loss(
         >>> grads["model"]["weight"].shape
         torch.Size([1, 1])
     """
-    adapted, pre_loss = adapt(
-        dict(meta_params["model"]),
-        meta_params["alpha"],
-        support,
-        steps,
-        task_loss=task_loss,
-        alpha=alpha,
-        first_order=first_order,
-        memory=memory,
-    )
-    post_loss = task_loss(adapted, query)
-    if pre_loss is None:  # no inner loop (the pretrain baseline): before == after
-        pre_loss = post_loss
-    return post_loss, pre_loss.detach()
+    adapted, pre, weighted = dict(meta_params["model"]), None, []
+    task_loss = inner["task_loss"]
+    for k, (adapted, loss) in enumerate(
+        adaptation(dict(meta_params["model"]), meta_params["alpha"], support, steps, **inner)
+    ):
+        if k == 0:
+            pre = loss
+        if step_weights is not None and k < steps - 1:
+            weighted.append(step_weights[k] * task_loss(adapted, query))
+    post = task_loss(adapted, query)
+    outer = post if step_weights is None or steps == 0 else sum(weighted, step_weights[steps - 1] * post)
+    if pre is None:  # no inner loop (the pretrain baseline): before == after
+        pre = post
+    return outer, (post.detach(), pre.detach())
 
 
 def adaptation_curve(
@@ -296,6 +380,7 @@ def adaptation_curve(
     task_loss: TaskLoss,
     metric: Callable[[Params, Any], Tensor],
     alpha: AlphaSchedule,
+    adapts: Adapts = None,
 ) -> Tensor:
     """`metric` on the query after 0, 1, ..., `steps` inner steps: a tensor of shape [steps + 1].
 
@@ -308,9 +393,15 @@ def adaptation_curve(
         (torch.Size([4]), True)
     """
     values = [metric(params, query)]
-    for k in range(steps):
-        params, _ = inner_step(
-            params, alpha_params, k, support, task_loss=task_loss, alpha=alpha, first_order=True
-        )
-        values.append(metric(params, query))
+    for adapted, _ in adaptation(
+        params,
+        alpha_params,
+        support,
+        steps,
+        task_loss=task_loss,
+        alpha=alpha,
+        first_order=True,
+        adapts=adapts,
+    ):
+        values.append(metric(adapted, query))
     return torch.stack(values)

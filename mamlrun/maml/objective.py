@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from mamlrun.maml.adapt import TaskLoss, check_memory, task_meta_loss
+from mamlrun.maml.adapt import Adapts, TaskLoss, check_memory, task_meta_loss
 from mamlrun.maml.alpha import AlphaSchedule
+from mamlrun.maml.chunks import num_tasks, task_chunks
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,6 @@ class MetaGradient:
     grads: MetaParams
     loss: Tensor  # mean query loss after adaptation (the meta-loss)
     pre_loss: Tensor  # mean support loss before adaptation
-
-
-def num_tasks(data: Any) -> int:
-    """The task dimension (leading size) of a batch pytree."""
-    return int(torch.utils._pytree.tree_leaves(data)[0].shape[0])
-
-
-def task_slice(data: Any, start: int, stop: int) -> Any:
-    """Tasks start..stop-1 of a batch pytree."""
-    return tree_map(lambda t: t[start:stop], data)
 
 
 def autograd_grad_and_value(fn: Callable[..., tuple[Tensor, Any]], params: Any, *args: Any):
@@ -112,6 +103,7 @@ class MetaObjective:
         chunk_size: int | None = None,
         compile: bool = False,
         memory: str = "keep",
+        adapts: Adapts = None,
     ) -> None:
         self.chunk_size = chunk_size
         self.memory = check_memory(memory)
@@ -122,12 +114,13 @@ class MetaObjective:
             steps=steps,
             first_order=first_order,
             memory=memory,
+            adapts=adapts,
         )
-        batched = torch.func.vmap(one_task, in_dims=(None, 0, 0), randomness="different")
+        batched = torch.func.vmap(one_task, in_dims=(None, 0, 0, None), randomness="different")
 
-        def chunk_loss(meta_params: MetaParams, support: Any, query: Any, total: int):
-            post, pre = batched(meta_params, support, query)
-            return post.sum() / total, (post.detach().sum(), pre.sum())
+        def chunk_loss(meta_params: MetaParams, support: Any, query: Any, weights: Tensor | None, total: int):
+            outer, (post, pre) = batched(meta_params, support, query, weights)
+            return outer.sum() / total, (post.sum(), pre.sum())
 
         if self.memory == "recompute":
             if compile:
@@ -138,32 +131,34 @@ class MetaObjective:
         self._fn = torch.compile(self._eager, dynamic=False) if compile else self._eager
         self.compiled = compile
 
-    def _run_chunk(self, meta_params: MetaParams, support: Any, query: Any, total: int):
+    def _run_chunk(self, *args: Any):
         if self.compiled:
             try:
-                return self._fn(meta_params, support, query, total)
+                return self._fn(*args)
             except Exception as exc:  # a missing compiler or an unsupported op: keep training
                 log.warning("torch.compile failed (%s); continuing in eager mode", exc)
                 self._fn, self.compiled = self._eager, False
-        return self._fn(meta_params, support, query, total)
+        return self._fn(*args)
 
-    def __call__(self, meta_params: Mapping[str, Mapping[str, Tensor]], support: Any, query: Any):
-        """The meta-gradient w.r.t. `meta_params` = {"model": {...}, "alpha": {...}}."""
+    def __call__(
+        self,
+        meta_params: Mapping[str, Mapping[str, Tensor]],
+        support: Any,
+        query: Any,
+        step_weights: Tensor | None = None,
+    ):
+        """The meta-gradient w.r.t. `meta_params` = {"model": {...}, "alpha": {...}}; with
+        `step_weights` ([steps]) that of MAML++'s multi-step loss (the weighted query losses after
+        every inner step). `loss` is the query loss after the last step either way."""
         # Detached: the gradient comes from torch.func, and inputs that require grad would make
         # torch.compile build (and run) an autograd graph around the whole function for nothing.
         params: MetaParams = {
             group: {k: v.detach() for k, v in p.items()} for group, p in meta_params.items()
         }
         total = num_tasks(support)
-        chunk = self.chunk_size or total
         grads, loss_sum, pre_sum = None, 0.0, 0.0
-        for start in range(0, total, chunk):
-            stop = min(start + chunk, total)
-            if chunk < total:
-                support_chunk, query_chunk = task_slice(support, start, stop), task_slice(query, start, stop)
-            else:
-                support_chunk, query_chunk = support, query
-            g, (_, (post, pre)) = self._run_chunk(params, support_chunk, query_chunk, total)
+        for support_chunk, query_chunk in task_chunks(self.chunk_size, support, query):
+            g, (_, (post, pre)) = self._run_chunk(params, support_chunk, query_chunk, step_weights, total)
             grads = g if grads is None else tree_map(torch.add, grads, g)
             loss_sum, pre_sum = loss_sum + post, pre_sum + pre
         return MetaGradient(grads=grads, loss=loss_sum / total, pre_loss=pre_sum / total)

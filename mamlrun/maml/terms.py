@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mamlrun.maml.adapt import Params, TaskLoss, adapt, check_memory
+from mamlrun.maml.adapt import Adapts, Params, TaskLoss, adapt, check_memory
 from mamlrun.maml.alpha import AlphaSchedule
-from mamlrun.maml.objective import num_tasks, task_slice
+from mamlrun.maml.chunks import num_tasks, task_chunks
 
 QueryLoss = Callable[[Params, Any], Tensor]
 """`query_loss(adapted_params, query) -> [terms]`: the outer terms of ONE task after adaptation."""
@@ -42,24 +42,13 @@ def task_outer_terms(
     support: Any,
     query: Any,
     *,
-    task_loss: TaskLoss,
     query_loss: QueryLoss,
-    alpha: AlphaSchedule,
     steps: int,
-    first_order: bool,
-    memory: str = "keep",
+    **inner: Any,
 ) -> Tensor:
-    """Adapt one task on its support data from `meta_params`, then its outer terms on the query data."""
-    adapted, _ = adapt(
-        dict(meta_params["model"]),
-        meta_params["alpha"],
-        support,
-        steps,
-        task_loss=task_loss,
-        alpha=alpha,
-        first_order=first_order,
-        memory=memory,
-    )
+    """Adapt one task on its support data from `meta_params` (`inner`: `adaptation`'s keyword
+    arguments), then its outer terms on the query data."""
+    adapted, _ = adapt(dict(meta_params["model"]), meta_params["alpha"], support, steps, **inner)
     return query_loss(adapted, query)
 
 
@@ -119,6 +108,7 @@ class MetaTerms:
         chunk_size: int | None = None,
         memory: str = "keep",
         gather: TaskGather | None = None,
+        adapts: Adapts = None,
     ) -> None:
         one_task = functools.partial(
             task_outer_terms,
@@ -128,19 +118,12 @@ class MetaTerms:
             steps=steps,
             first_order=first_order,
             memory=check_memory(memory),
+            adapts=adapts,
         )
         self._batched = torch.func.vmap(one_task, randomness="different")
         self.names = list(names)
         self.gather = gather or (lambda rows: rows)
-        held = num_tasks(support)
-        chunk = chunk_size or held
-        self.chunks = [
-            (
-                task_slice(support, start, min(start + chunk, held)),
-                task_slice(query, start, min(start + chunk, held)),
-            )
-            for start in range(0, held, chunk)
-        ]
+        self.chunks = task_chunks(chunk_size, support, query)
 
     def _chunk_terms(self, params: Sequence[Tensor], chunk: tuple[Any, Any]) -> tuple[Tensor, list[Tensor]]:
         """This chunk's terms, one row per task, and the per-task copies of `params` they came from."""

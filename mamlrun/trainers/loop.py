@@ -281,7 +281,7 @@ def run_iterations(
         for it in range(start, total):
             at_start = copy.deepcopy(state(it)) if parts.save_on_step_failure else None
             try:
-                metrics = recipe.step(parts)
+                metrics = recipe.step(parts, it)
             except StepFailed:
                 if at_start is not None and ranks.is_main:
                     ckpt.save_checkpoint(folder / ckpt.LAST, at_start)

@@ -1,7 +1,8 @@
 """What a kind (supervised, RL) supplies to the one training loop: its parts and its recipe.
 
-A recipe is a table of plain functions: `check_config`, `build(cfg) -> parts`, `step(parts) ->
-metrics` (one meta-iteration: the algorithm and nothing else), `validate(parts) -> metric` and
+A recipe is a table of plain functions: `check_config`, `build(cfg) -> parts`, `step(parts,
+iteration) -> metrics` (one meta-iteration, 0-based, which annealed settings follow: the algorithm
+and nothing else), `validate(parts) -> metric` and
 `meta_test(parts, out_dir) -> outcome`. The loop (`trainers/loop.py`) owns everything around them.
 """
 
@@ -82,6 +83,6 @@ class Recipe:
 
     check_config: Callable[[DictConfig], None]
     build: Callable[[DictConfig], Any]
-    step: Callable[[Any], Metrics]
+    step: Callable[[Any, int], Metrics]
     validate: Callable[[Any], float]
     meta_test: Callable[[Any, Path], MetaTestOutcome]

@@ -63,6 +63,7 @@ def outer_terms(
         chunk_size=parts.cfg.chunk_size,
         memory=parts.cfg.get("memory", "keep"),
         gather=(ranks or World()).gather_tasks,
+        adapts=parts.adapts,
     )
 
 

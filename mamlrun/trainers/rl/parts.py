@@ -27,11 +27,15 @@ from mamlrun.build import (
 )
 from mamlrun.domains.rl.base import TaskFamily
 from mamlrun.domains.rl.sampler import Episodes, EpisodeSampler
-from mamlrun.maml import AlphaSchedule, alpha_at_test, inner_step
+from mamlrun.inner_params import describe as describe_inner_params
+from mamlrun.inner_params import resolve_inner_params
+from mamlrun.maml import Adapts, AlphaSchedule, alpha_at_test, inner_step
 from mamlrun.models.policy import gaussian_log_prob
 from mamlrun.runtime import checkpoint as ckpt
-from mamlrun.runtime.errors import UserError, require_int
+from mamlrun.runtime.errors import ConfigError, UserError, require_int
 from mamlrun.runtime.seeding import seed_everything
+from mamlrun.trainers.annealing import Annealing, read_annealing
+from mamlrun.trainers.lr_schedule import read_lr_schedule
 from mamlrun.trainers.recipe import all_finite
 from mamlrun.trainers.rl.baseline import advantages
 from mamlrun.trainers.rl.trpo import TRPO
@@ -41,6 +45,14 @@ def check_config(cfg: DictConfig) -> None:
     """The keys only RL runs have."""
     require_int("domain.rollouts", cfg.domain.rollouts, 1, "episodes per task per step")
     require_int("eval.episodes", cfg.eval.episodes, 1, "eval.episodes (episodes per test task and step)")
+    read_lr_schedule(cfg, has_lr=False)
+    if read_annealing(cfg).multi_step:
+        raise ConfigError(
+            "multi_step_loss.enabled",
+            True,
+            "MAML-TRPO's outer terms (surrogate and KL) are those of the last inner step's policies; "
+            "the multi-step loss is for supervised domains: use multi_step_loss.enabled=false",
+        )
 
 
 @dataclass
@@ -72,6 +84,8 @@ class RLParts:
     sampler: EpisodeSampler
     outer: TRPO | torch.optim.Optimizer
     rngs: RNGs
+    adapts: Adapts = None  # the parameters the inner loop moves (inner_params; None: all)
+    annealing: Annealing | None = None  # what changes with the iteration (order.first_order_iterations)
     higher_is_better = True  # returns
     save_on_step_failure = True  # an environment may raise mid-iteration, after the RNGs moved
     curve_keys = ("train/return_pre", "train/return_post")  # before and after adaptation
@@ -120,7 +134,14 @@ class RLParts:
 
         def one(p: dict[str, Tensor], d: dict[str, Tensor]) -> dict[str, Tensor]:
             return inner_step(
-                p, alpha_params, step, d, task_loss=self.inner_loss, alpha=alpha, first_order=True
+                p,
+                alpha_params,
+                step,
+                d,
+                task_loss=self.inner_loss,
+                alpha=alpha,
+                first_order=True,
+                adapts=self.adapts,
             )[0]
 
         return torch.func.vmap(one)({k: v.detach() for k, v in params.items()}, data)
@@ -170,6 +191,8 @@ class RLParts:
             f"{cfg.order.name} order | {cfg.inner_steps} inner step(s), {cfg.eval.steps} at test | "
             f"meta-batch {cfg.meta_batch} x {self.sampler.rollouts} episodes of {self.tasks.horizon} steps | "
             f"{outer} outer step"
+            + describe_inner_params(self.adapts, cfg)
+            + (self.annealing.describe() if self.annealing is not None else "")
         )
 
     def close(self) -> None:
@@ -189,7 +212,19 @@ def build(cfg: DictConfig) -> RLParts:
         check_learning_rate(cfg)
         outer = outer(params=[p for m in (policy, alpha) for p in m.parameters()])
     sampler = EpisodeSampler(family, policy, int(cfg.domain.rollouts), device)
-    return RLParts(cfg, device, family, policy, alpha, sampler, outer, RNGs.from_seed(int(cfg.seed), device))
+    adapts = resolve_inner_params(cfg, policy)
+    return RLParts(
+        cfg,
+        device,
+        family,
+        policy,
+        alpha,
+        sampler,
+        outer,
+        RNGs.from_seed(int(cfg.seed), device),
+        adapts,
+        read_annealing(cfg),
+    )
 
 
 def check_policy(cfg: DictConfig, policy: nn.Module, family: TaskFamily, device: torch.device) -> None:

@@ -24,8 +24,9 @@ from mamlrun.trainers.rl.parts import RLParts
 from mamlrun.trainers.rl.trpo import TRPO, trpo_step
 
 
-def step(parts: RLParts) -> Metrics:
-    """Update theta (and learned alphas) once; returns returns before/after adaptation and the update's figures."""
+def step(parts: RLParts, iteration: int) -> Metrics:
+    """Update theta (and learned alphas) once, at meta-iteration `iteration` (0-based: the order
+    annealing follows it); returns returns before/after adaptation and the update's figures."""
     cfg, rngs, ranks = parts.cfg, parts.rngs, world()
     meta_batch, steps = int(cfg.meta_batch), int(cfg.inner_steps)
     t0 = time.perf_counter()
@@ -41,7 +42,9 @@ def step(parts: RLParts) -> Metrics:
     valid_data = validation_data(parts, adapted, valid_eps)
     t1 = time.perf_counter()
 
-    first_order = bool(cfg.order.first_order)
+    first_order = (
+        parts.annealing.first_order_at(iteration) if parts.annealing else bool(cfg.order.first_order)
+    )
     terms = outer_terms(parts, steps, first_order, train_data, valid_data, ranks)
     params = [p for m in parts.modules() for p in m.parameters()]
     if isinstance(parts.outer, TRPO):

@@ -21,7 +21,7 @@ from torch import Tensor
 from mamlrun.domains.base import Predict, TaskBatch
 from mamlrun.evaluation import MetaTestOutcome, paper_numbers, to_result
 from mamlrun.maml import adapt, adaptation_curve
-from mamlrun.maml.objective import num_tasks, task_slice
+from mamlrun.maml.chunks import task_chunks
 from mamlrun.runtime.seeding import generator
 from mamlrun.trainers.supervised.parts import SupervisedParts
 
@@ -46,17 +46,12 @@ def adaptation_curves(parts: SupervisedParts, tasks: TaskBatch, steps: int) -> T
             task_loss=parts.task_loss,
             metric=parts.task_metric,
             alpha=alpha,
+            adapts=parts.adapts,
         )
 
     batched = torch.func.vmap(one_task, randomness="different")
-    total, chunk = num_tasks(tasks.support), int(parts.cfg.eval.chunk_size)
-    rows = []
-    for start in range(0, total, chunk):
-        stop = min(start + chunk, total)
-        rows.append(
-            batched(task_slice(tasks.support, start, stop), task_slice(tasks.query, start, stop)).cpu()
-        )
-    return torch.cat(rows)
+    chunks = task_chunks(int(parts.cfg.eval.chunk_size), tasks.support, tasks.query)
+    return torch.cat([batched(support, query).cpu() for support, query in chunks])
 
 
 def eval_tasks(parts: SupervisedParts, num_tasks: int, shots: int, seed: int, split: str) -> list[TaskBatch]:
@@ -125,6 +120,7 @@ def predictor(parts: SupervisedParts) -> Predict:
             task_loss=parts.task_loss,
             alpha=alpha,
             first_order=True,
+            adapts=parts.adapts,
         )
         with torch.no_grad():
             return torch.func.functional_call(parts.model, adapted, (x,))

@@ -7,6 +7,7 @@ the meta-gradient and the sampling RNG, and know how to save and restore all of 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from mamlrun.build import (
     build_alpha,
@@ -30,10 +32,19 @@ from mamlrun.build import (
 from mamlrun.config_checks import check_integers
 from mamlrun.domains.base import TaskBatch, TaskDistribution
 from mamlrun.evaluation import MetricSpec
-from mamlrun.maml import AlphaSchedule, MetaObjective, alpha_at_test
+from mamlrun.inner_params import describe as describe_inner_params
+from mamlrun.inner_params import resolve_inner_params
+from mamlrun.maml import Adapts, AlphaSchedule, MetaObjective, alpha_at_test
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import ConfigError, UserError, require_int
 from mamlrun.runtime.seeding import generator, seed_everything
+from mamlrun.trainers.annealing import Annealing, read_annealing
+from mamlrun.trainers.lr_schedule import (
+    build_lr_schedule,
+    describe_lr_schedule,
+    read_lr_schedule,
+    restore_lr_schedule,
+)
 from mamlrun.trainers.recipe import all_finite
 
 
@@ -67,6 +78,7 @@ SUPERVISED_INTEGERS = {
 def check_config(cfg: DictConfig) -> None:
     """The keys only supervised runs have: task sizes and the meta-test's K values."""
     check_integers(cfg, SUPERVISED_INTEGERS)
+    read_lr_schedule(cfg)
     shots = cfg.eval.shots
     if not isinstance(shots, ListConfig) or len(shots) == 0:
         raise ConfigError("eval.shots", shots, "give a non-empty list of K values, e.g. [5, 10, 20]")
@@ -98,6 +110,10 @@ class SupervisedParts:
     objective: MetaObjective
     sampler: torch.Generator  # draws the meta-training batches
     sizes: TaskSizes
+    adapts: Adapts = None  # the parameters the inner loop moves (inner_params; None: all)
+    annealing: Annealing | None = None  # what changes with the iteration (MAML++)
+    warmup: MetaObjective | None = None  # the first-order meta-gradient of order.first_order_iterations
+    lr_schedule: LRScheduler | None = None  # lr_schedule=cosine (stepped after every meta-update)
     save_on_step_failure = False  # a step changes nothing before its optimizer step
     curve_keys = ("train/support_loss_pre", "train/loss")  # before adaptation, and the meta-loss after it
 
@@ -112,6 +128,16 @@ class SupervisedParts:
     def alpha_at_test(self) -> AlphaSchedule:
         """The schedule validation and the meta-test adapt with (eval.alpha_values, or the trained one)."""
         return alpha_at_test(self.alpha, self.cfg.eval.get("alpha_values"))
+
+    def objective_at(self, iteration: int) -> MetaObjective:
+        """The meta-gradient of iteration `iteration` (first order while order annealing holds it)."""
+        if (
+            self.warmup is not None
+            and self.annealing is not None
+            and self.annealing.first_order_at(iteration)
+        ):
+            return self.warmup
+        return self.objective
 
     def meta_params(self) -> dict[str, dict[str, Tensor]]:
         return {"model": dict(self.model.named_parameters()), "alpha": dict(self.alpha.named_parameters())}
@@ -142,11 +168,19 @@ class SupervisedParts:
             "alpha": self.alpha.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": ckpt.capture_rng({"sampler": self.sampler}),
-        }
+        } | ({"lr_schedule": self.lr_schedule.state_dict()} if self.lr_schedule is not None else {})
 
     def load_state_dict(self, state: Mapping[str, Any], path: Path) -> None:
         self.load_weights(state, path)
-        restore_optimizer(self.optimizer, state["optimizer"], self.cfg)
+        restore_optimizer(
+            self.optimizer, state["optimizer"], self.cfg, scheduled=self.lr_schedule is not None
+        )
+        if self.lr_schedule is not None:
+            if "lr_schedule" not in state:
+                raise UserError(
+                    f"checkpoint {path} holds no lr_schedule state: it was trained with a constant rate"
+                )
+            restore_lr_schedule(self.lr_schedule, state["lr_schedule"], self.cfg)
         ckpt.restore_rng(state["rng"], {"sampler": self.sampler})
 
     def load_weights(self, state: Mapping[str, Any], path: Path) -> None:
@@ -162,6 +196,9 @@ class SupervisedParts:
             f"{type(self.model).__name__}, {sum(p.numel() for p in self.model.parameters())} parameters | "
             f"{self.alpha.describe()} | {cfg.order.name} order | {cfg.inner_steps} inner step(s), "
             f"{cfg.eval.steps} at test | meta-batch {cfg.meta_batch}"
+            + describe_inner_params(self.adapts, cfg)
+            + (self.annealing.describe() if self.annealing is not None else "")
+            + describe_lr_schedule(cfg)
             + (" | torch.compile" if self.objective.compiled else "")
         )
 
@@ -183,18 +220,25 @@ def build(cfg: DictConfig, kind: SupervisedKind) -> SupervisedParts:
     check_fit(cfg, tasks, model, device)
     optimizer = build_optimizer(cfg, [*meta_trained_parameters(cfg, model), *alpha.parameters()])
     sizes = TaskSizes(int(cfg.meta_batch), int(cfg.domain.shots), int(cfg.domain.query))
+    adapts = resolve_inner_params(cfg, model)
     parts = SupervisedParts(
-        cfg, device, tasks, model, alpha, kind, optimizer, None, generator(cfg.seed, device), sizes
+        cfg, device, tasks, model, alpha, kind, optimizer, None, generator(cfg.seed, device), sizes, adapts
     )
-    parts.objective = MetaObjective(
+    parts.annealing = read_annealing(cfg)
+    parts.lr_schedule = build_lr_schedule(cfg, optimizer)
+    objective = functools.partial(
+        MetaObjective,
         parts.task_loss,
         alpha,
         int(cfg.inner_steps),
-        bool(cfg.order.first_order),
-        cfg.chunk_size,
+        chunk_size=cfg.chunk_size,
         compile=resolve_compile(cfg.compile, device, int(cfg.meta_iterations)),
         memory=cfg.get("memory", "keep"),
+        adapts=adapts,
     )
+    parts.objective = objective(first_order=parts.annealing.first_order)
+    if parts.annealing.first_order_iterations and not parts.annealing.first_order:
+        parts.warmup = objective(first_order=True)
     return parts
 
 

@@ -13,8 +13,9 @@ from mamlrun.trainers.recipe import Metrics
 from mamlrun.trainers.supervised.parts import SupervisedParts
 
 
-def step(parts: SupervisedParts) -> Metrics:
-    """Update theta (and learned alphas) once; returns the meta-loss and the support loss before adaptation.
+def step(parts: SupervisedParts, iteration: int) -> Metrics:
+    """Update theta (and learned alphas) once, at meta-iteration `iteration` (0-based: what anneals
+    follows it); returns the meta-loss and the support loss before adaptation.
 
     Under torchrun every rank draws the same meta-batch and meta-trains on its slice of the tasks;
     the meta-gradient and the losses are then summed over the ranks' shares of the mean.
@@ -25,7 +26,8 @@ def step(parts: SupervisedParts) -> Metrics:
     if ranks.distributed:
         mine = ranks.task_slice(sizes.meta_batch)
         support, query = (support[0][mine], support[1][mine]), (query[0][mine], query[1][mine])
-    result = parts.objective(parts.meta_params(), support, query)
+    weights = parts.annealing.step_weights(iteration, parts.device) if parts.annealing is not None else None
+    result = parts.objective_at(iteration)(parts.meta_params(), support, query, weights)
     grads = {
         p: result.grads[group][name]
         for group, module in parts.groups()
@@ -39,4 +41,6 @@ def step(parts: SupervisedParts) -> Metrics:
     for p, g in grads.items():
         p.grad = g
     parts.optimizer.step()
+    if parts.lr_schedule is not None:
+        parts.lr_schedule.step()
     return {"train/loss": loss, "train/support_loss_pre": pre_loss}
