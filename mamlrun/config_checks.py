@@ -192,6 +192,9 @@ def upgrade_config(cfg: DictConfig) -> None:
         tasks.goal_region = "circle"
     if str(cfg.model.get("_target_", "")).endswith("Conv4") and "zero_head" not in cfg.model:
         cfg.model.zero_head = False
+    if str(cfg.model.get("_target_", "")).endswith("Conv4") and "per_step_norm" not in cfg.model:
+        cfg.model.per_step_norm = False
+        cfg.model.norm_steps = cfg.inner_steps
     if "inner_params" not in cfg:
         cfg.inner_params = "all"
     if "lr_schedule" not in cfg:

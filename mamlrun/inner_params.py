@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from mamlrun.maml import Adapts
+from mamlrun.models.norm import per_step_names
 from mamlrun.runtime.errors import ConfigError
 
 CHOICES = {
@@ -67,7 +68,7 @@ def resolve_inner_params(cfg: DictConfig, model: nn.Module) -> Adapts:
         chosen = [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
     else:
         raise ConfigError("inner_params", setting, f"choose {VALID}")
-    if not chosen:
+    if not set(chosen) - per_step_names(model):  # per-step BatchNorm rows are meta-trained, never adapted
         raise ConfigError("inner_params", setting, f"it leaves {model_name} nothing to adapt: choose {VALID}")
     not_meta_trained = set(getattr(model, "not_meta_trained", ()))
     idle = [n for n in names if n in not_meta_trained and n not in chosen]

@@ -37,6 +37,7 @@ from torch import nn
 
 from mamlrun.domains.fewshot import FewShotTasks, ImageSet
 from mamlrun.domains.sinusoid import SinusoidTasks
+from mamlrun.inner_params import head_names
 from mamlrun.maml import ConstantAlpha, MetaObjective
 from mamlrun.models import MLP, Conv4
 from mamlrun.runtime.malloc import tune_malloc
@@ -113,14 +114,22 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
 
 
 # --------------------------------------------------------------------------- contenders
-def mamlrun_step(w: Workload, model: nn.Module, first_order: bool, compile: bool, chunk: int | None = None):
-    """One mamlrun meta-iteration (MetaObjective + Adam), as the supervised trainer runs it."""
+def mamlrun_step(
+    w: Workload,
+    model: nn.Module,
+    first_order: bool,
+    compile: bool,
+    chunk: int | None = None,
+    adapts: frozenset[str] | None = None,
+):
+    """One mamlrun meta-iteration (MetaObjective + Adam), as the supervised trainer runs it;
+    `adapts`: the parameters the inner loop moves (ANIL's head, BOIL's body; None: all)."""
     alpha = ConstantAlpha(w.alpha, {n: p.shape for n, p in model.named_parameters()}, w.steps)
 
     def task_loss(params, data):
         return w.loss(torch.func.functional_call(model, params, (data[0],)), data[1])
 
-    objective = MetaObjective(task_loss, alpha, w.steps, first_order, chunk, compile=compile)
+    objective = MetaObjective(task_loss, alpha, w.steps, first_order, chunk, compile=compile, adapts=adapts)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as conf/optimizer/adam.yaml
 
     def step(batch) -> None:
@@ -154,7 +163,7 @@ def learn2learn_step(w: Workload, model: nn.Module, first_order: bool):
 
 
 def make_contender(w: Workload, spec: str, device: torch.device):
-    """spec: 'l2l[:first]' or 'mamlrun:<eager|compiled>[:first][:chunk=N]'."""
+    """spec: 'l2l[:first]' or 'mamlrun:<eager|compiled>[:first][:chunk=N][:anil|:boil]'."""
     parts = spec.split(":")
     first = "first" in parts
     torch.manual_seed(0)
@@ -162,7 +171,15 @@ def make_contender(w: Workload, spec: str, device: torch.device):
     if parts[0] == "l2l":
         return learn2learn_step(w, model, first)
     chunk = next((int(p.split("=")[1]) for p in parts if p.startswith("chunk=")), None)
-    return mamlrun_step(w, model, first, compile="compiled" in parts, chunk=chunk)
+    head = frozenset(head_names(model))
+    adapts = (
+        head
+        if "anil" in parts
+        else frozenset(dict(model.named_parameters())) - head
+        if "boil" in parts
+        else None
+    )
+    return mamlrun_step(w, model, first, compile="compiled" in parts, chunk=chunk, adapts=adapts)
 
 
 def label(spec: str) -> str:
@@ -170,6 +187,7 @@ def label(spec: str) -> str:
     if parts[0] == "l2l":
         return L2L + (" first order" if "first" in parts else "")
     text = "mamlrun " + parts[1] + (" first order" if "first" in parts else "")
+    text += "".join(f" {v.upper()}" for v in ("anil", "boil") if v in parts)
     chunk = next((p for p in parts if p.startswith("chunk=")), None)
     return text + (f" ({chunk.replace('=', ' ')})" if chunk else "")
 
@@ -263,7 +281,7 @@ def suite(
     steps = {label(s): make_contender(w, s, device) for s in specs}
     medians = interleaved(steps, batches, rounds, iters, device)
     mem = {label(s): peak_memory(workload, s, device) for s in specs} if memory else {}
-    base = medians.get(L2L)
+    base = next((ms for name, ms in medians.items() if name.startswith(L2L)), None)  # of the same order
     print(f"\n{w.title} [{device.type}]")
     print(f"  {'contender':<40} {'ms/iter':>9} {'vs learn2learn':>15} {'peak MiB':>10}")
     for name, ms in medians.items():
@@ -420,7 +438,14 @@ def main() -> None:
     if "omniglot" in chosen:
         five = suite(
             "omniglot5",
-            ["l2l", "mamlrun:eager", "mamlrun:compiled", "mamlrun:compiled:first"],
+            [
+                "l2l",
+                "mamlrun:eager",
+                "mamlrun:compiled",
+                "mamlrun:compiled:first",
+                "mamlrun:eager:anil",
+                "mamlrun:eager:boil",
+            ],
             args.rounds,
             args.iters or 3,
             device,
@@ -428,6 +453,10 @@ def main() -> None:
         )
         ratio = five["mamlrun compiled"] / five["mamlrun compiled first order"]
         print(f"  second / first order time: {ratio:.2f}x (the paper reports about 1.33x)")
+        anil = five["mamlrun eager"] / five["mamlrun eager ANIL"]
+        print(
+            f"  MAML / ANIL time (eager, second order): {anil:.2f}x (ANIL's inner gradient is the head's only)"
+        )
         suite(
             "omniglot20",
             ["l2l", "mamlrun:eager:chunk=2", "mamlrun:compiled:chunk=2", "mamlrun:compiled:chunk=4"],

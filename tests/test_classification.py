@@ -37,9 +37,10 @@ def test_presets_hold_the_papers_settings():
         "miniimagenet_5w1s_first": (5, 1, 4, 5, 0.01, 10, "first", "conv4_pool", 48.07),
         "miniimagenet_5w5s_first": (5, 5, 2, 5, 0.01, 10, "first", "conv4_pool", 63.15),
     }
-    assert set(expect) | {"omniglot_minimal", "omniglot_minimal_20w1s"} == set(
+    variants = {f"omniglot_minimal_{v}" for v in ("anil", "20w1s_anil", "20w1s_boil", "20w1s_mamlpp")}
+    assert set(expect) | {"omniglot_minimal", "omniglot_minimal_20w1s"} | variants == set(
         OMNIGLOT_PRESETS + MINIIMAGENET_PRESETS
-    )
+    )  # the variants' presets: tests/test_variants.py
     for name, (ways, shots, mb, steps, alpha, test_steps, order, model, paper) in expect.items():
         cfg = compose_config([f"experiment={name}"])
         got = (

@@ -5,6 +5,8 @@
   only those (kept and recomputed inner steps, first and second order).
 - MAML++'s multi-step loss: the meta-gradient equals a plain loop summing the weighted query losses
   after every inner step (first and second order, 1 and 3 steps); the weights anneal to the last step.
+- Per-step BatchNorm (MAML++'s BNWB): inner step k reads row k of the BatchNorm weights (a plain
+  loop that indexes the rows by hand gives the same meta-gradient, every row gets its own gradient).
 - Derivative-order annealing and the cosine learning rate follow the iteration: the order switches
   at `order.first_order_iterations`, and a run stopped just before the switch and resumed from its
   checkpoint ends bit-identical to an uninterrupted one.
@@ -18,7 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamlrun.maml import ConstantAlpha, LearnedAlpha, MetaObjective, inner_step
+from mamlrun.maml import ConstantAlpha, LearnedAlpha, MetaObjective, adaptation, inner_step
+from mamlrun.models import Conv4
+from mamlrun.models.norm import per_step_names
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.trainers.annealing import multi_step_weights
 from mamlrun.trainers.supervised.parts import REGRESSION, build
@@ -174,3 +178,116 @@ def test_order_annealing_switches_at_its_iteration_and_a_resume_before_the_switc
     assert a.keys() == b.keys() and len(a) > 6
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+
+
+def per_step_conv():
+    torch.manual_seed(0)
+    model = Conv4(1, 3, hidden=4, image_size=28, per_step_norm=True, norm_steps=3).double()
+    with torch.no_grad():  # rows that differ, so a step reading another step's row shows
+        for name, p in model.named_parameters():
+            if name in per_step_names(model):
+                p.copy_(
+                    torch.rand(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(len(name)))
+                    + 0.5
+                )
+    return model
+
+
+def image_tasks(tasks: int = 2, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tasks, 6, 1, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.arange(3).repeat(2).expand(tasks, 6)
+    return (x, y), (x.flip(1), y.flip(1))
+
+
+def per_step_plain_loop(model, alpha, steps, support, query):
+    """Per task, textbook second-order steps where step k (and the query after it) reads row k of
+    every per-step BatchNorm parameter, written out by hand; those rows are never adapted."""
+    rows = per_step_names(model)
+    theta = dict(model.named_parameters())
+    total = 0.0
+    for t in range(support[0].shape[0]):
+        params = dict(theta)
+        for k in range(steps):
+            seen = {n: p[k] if n in rows else p for n, p in params.items()}
+            loss = F.cross_entropy(torch.func.functional_call(model, seen, (support[0][t],)), support[1][t])
+            moving = [n for n in params if n not in rows]
+            grads = torch.autograd.grad(loss, [seen[n] for n in moving], create_graph=True)
+            params |= {n: params[n] - alpha * g for n, g in zip(moving, grads, strict=True)}
+        seen = {n: p[steps - 1] if n in rows else p for n, p in params.items()}
+        total = total + F.cross_entropy(torch.func.functional_call(model, seen, (query[0][t],)), query[1][t])
+    grads = torch.autograd.grad(total / support[0].shape[0], list(theta.values()))
+    return dict(zip(theta, grads, strict=True))
+
+
+def test_per_step_batchnorm_gives_each_step_its_own_weights_and_matches_a_plain_loop():
+    model = per_step_conv()
+    rows = per_step_names(model)
+    assert rows and all(p.shape[0] == 3 for n, p in model.named_parameters() if n in rows)
+    support, query = image_tasks()
+    alpha = ConstantAlpha(0.1, shapes(model), 3).double()
+
+    def task_loss(params, data):
+        return F.cross_entropy(torch.func.functional_call(model, params, (data[0],)), data[1])
+
+    objective = MetaObjective(task_loss, alpha, 3, False, per_step=rows)
+    result = objective({"model": dict(model.named_parameters()), "alpha": {}}, support, query)
+    assert_close(result.grads["model"], per_step_plain_loop(model, 0.1, 3, support, query), tol=1e-7)
+    for name in rows:  # every step's row is trained: a shared row would leave rows 1 and 2 at zero
+        assert all(bool(result.grads["model"][name][k].abs().sum() > 0) for k in range(3)), name
+
+
+def test_test_time_steps_past_training_reuse_the_last_row():
+    model = per_step_conv()
+    rows = per_step_names(model)
+    params = dict(model.named_parameters())
+    support, _ = image_tasks(1)
+    data = (support[0][0], support[1][0])
+    seen = [
+        adapted for adapted, _ in adaptation(
+            params, {}, data, 5, task_loss=lambda p, d: F.cross_entropy(torch.func.functional_call(model, p, (d[0],)), d[1]),
+            alpha=ConstantAlpha(0.1, shapes(model), 5), first_order=True, per_step=rows,
+        )
+    ]  # fmt: skip
+    name = sorted(rows)[0]
+    assert [int(next(k for k in range(3) if torch.equal(s[name], params[name][k]))) for s in seen] == [
+        0,
+        1,
+        2,
+        2,
+        2,
+    ]
+
+
+def changed(base: str, preset: str) -> dict[str, tuple]:
+    """The settings where `preset` differs from `base` (flattened keys: (base's, preset's))."""
+    from omegaconf import OmegaConf
+
+    from mamlrun.config_checks import flatten
+
+    a, b = (
+        flatten(OmegaConf.to_container(compose_config([f"experiment={e}"]), resolve=True))
+        for e in (base, preset)
+    )
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+@pytest.mark.parametrize(
+    ("base", "preset", "want"),
+    [
+        ("omniglot_minimal", "omniglot_minimal_anil", {"inner_params": ("all", "head")}),
+        ("omniglot_minimal_20w1s", "omniglot_minimal_20w1s_anil", {"inner_params": ("all", "head")}),
+        ("omniglot_minimal_20w1s", "omniglot_minimal_20w1s_boil", {"inner_params": ("all", "body")}),
+    ],
+)
+def test_anil_and_boil_presets_are_their_base_with_only_the_inner_parameters_changed(base, preset, want):
+    assert changed(base, preset) == want
+
+
+def test_the_mamlpp_preset_switches_on_each_fix_it_names():
+    diff = changed("omniglot_minimal_20w1s", "omniglot_minimal_20w1s_mamlpp")
+    assert diff["alpha._target_"] == ("mamlrun.maml.ConstantAlpha", "mamlrun.maml.LearnedAlpha")
+    assert diff["multi_step_loss.enabled"] == (False, True)
+    assert diff["order.first_order_iterations"] == (0, 500)
+    assert diff["lr_schedule.name"] == ("constant", "cosine")
+    assert diff["inner_steps"] == (1, 2) and diff["model.norm_steps"] == (1, 2)

@@ -86,12 +86,27 @@ Adapts = frozenset[str] | None
 """The names of the parameters the inner loop moves (None: every parameter)."""
 
 
-def split_params(params: Params, adapts: Adapts) -> tuple[Params, Params]:
-    """(the parameters the inner loop moves, the ones it keeps), by name."""
-    if adapts is None:
+PerStep = frozenset[str]
+"""The names of per-step parameters (MAML++'s per-step BatchNorm): row k of each is inner step k's."""
+
+
+def split_params(params: Params, adapts: Adapts, per_step: PerStep = frozenset()) -> tuple[Params, Params]:
+    """(the parameters the inner loop moves, the ones it keeps), by name; per-step ones never move."""
+    if adapts is None and not per_step:
         return params, {}
-    moving = {n: p for n, p in params.items() if n in adapts}
-    return moving, {n: p for n, p in params.items() if n not in adapts}
+
+    def moves(name: str) -> bool:
+        return (adapts is None or name in adapts) and name not in per_step
+
+    return {n: p for n, p in params.items() if moves(n)}, {n: p for n, p in params.items() if not moves(n)}
+
+
+def at_step(params: Params, per_step: PerStep, step: int) -> Params:
+    """`params` as inner step `step` (and the query after it) sees them: row `step` of every per-step
+    parameter, the last row for steps past its end (test-time steps beyond training's)."""
+    if not per_step:
+        return params
+    return {n: p[min(step, p.shape[0] - 1)] if n in per_step else p for n, p in params.items()}
 
 
 def stepped(moving: Params, grads: Params, rates: Mapping[str, Tensor | float]) -> Params:
@@ -114,12 +129,14 @@ def inner_step(
     alpha: AlphaSchedule,
     first_order: bool,
     adapts: Adapts = None,
+    per_step: PerStep = frozenset(),
 ) -> tuple[Params, Tensor]:
     """One gradient step on the support data; returns the adapted params and the loss before it.
 
     With `first_order=True` the inner gradient is a constant for any outer differentiation
     (FOMAML); learned alphas still receive gradients through `theta - alpha * g`. Only the
-    parameters in `adapts` move (all when None), and only their gradient is computed.
+    parameters in `adapts` move (all when None), and only their gradient is computed; the loss
+    sees row `step` of the `per_step` parameters.
 
     Example:
         >>> adapted, loss_before = inner_step(theta, {}, 0, support, task_loss=task_loss, alpha=alpha,
@@ -131,7 +148,8 @@ def inner_step(
         >>> head_only["weight"] is theta["weight"], bool(head_only["bias"] != theta["bias"])
         (True, True)
     """
-    moving, kept = split_params(params, adapts)
+    moving, kept = split_params(params, adapts, per_step)
+    kept = at_step(kept, per_step, step)
     grads, loss = torch.func.grad_and_value(lambda m: task_loss(kept | m, support))(moving)
     if first_order:
         grads = {name: g.detach() for name, g in grads.items()}
@@ -206,6 +224,7 @@ def recomputed_step(
     alpha: AlphaSchedule,
     first_order: bool,
     adapts: Adapts = None,
+    per_step: PerStep = frozenset(),
 ) -> tuple[Params, Tensor]:
     """`inner_step` with the same values and gradients, keeping none of its activations for an outer
     backward pass: only its input params are kept, and the step is recomputed when the outer gradient
@@ -236,9 +255,10 @@ def recomputed_step(
             alpha=alpha,
             first_order=True,
             adapts=adapts,
+            per_step=per_step,
         )
     names, rates = list(params), alpha.rates(alpha_params, step)
-    moving = list(split_params(params, adapts)[0])
+    moving = list(split_params(params, adapts, per_step)[0])
     learned = [n for n in moving if isinstance(rates[n], Tensor)]  # learned alphas: meta-parameters
     leaves, data_spec = tree_flatten(support)
     data = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
@@ -251,7 +271,7 @@ def recomputed_step(
             task_leaves[i] = t
         adapted, loss = inner_step(
             theta, {}, step, tree_unflatten(task_leaves, data_spec),
-            task_loss=task_loss, alpha=_Fixed(rate), first_order=False, adapts=adapts,
+            task_loss=task_loss, alpha=_Fixed(rate), first_order=False, adapts=adapts, per_step=per_step,
         )  # fmt: skip
         return (*(adapted[n] for n in moving), loss)
 
@@ -282,9 +302,11 @@ def adaptation(
     first_order: bool,
     memory: str = "keep",
     adapts: Adapts = None,
+    per_step: PerStep = frozenset(),
 ) -> Iterator[tuple[Params, Tensor]]:
     """The inner loop: yields (the params after step k + 1, the support loss before it) for k = 0 ..
-    steps - 1. Every use of the inner loop goes through here.
+    steps - 1. Every use of the inner loop goes through here. The yielded params are those the
+    query after step k sees (row k of the `per_step` parameters), shaped as the model's own.
 
     `memory`: keep every step's activations for an outer backward pass, or recompute each step in it
     (`recomputed_step`); the same values and gradients either way.
@@ -306,8 +328,9 @@ def adaptation(
             alpha=alpha,
             first_order=first_order,
             adapts=adapts,
+            per_step=per_step,
         )
-        yield params, loss
+        yield at_step(params, per_step, k), loss
 
 
 def adapt(
@@ -363,6 +386,8 @@ def task_meta_loss(
             pre = loss
         if step_weights is not None and k < steps - 1:
             weighted.append(step_weights[k] * task_loss(adapted, query))
+    if steps == 0:  # the pretrain baseline: the query sees row 0 of per-step parameters
+        adapted = at_step(adapted, inner.get("per_step", frozenset()), 0)
     post = task_loss(adapted, query)
     outer = post if step_weights is None or steps == 0 else sum(weighted, step_weights[steps - 1] * post)
     if pre is None:  # no inner loop (the pretrain baseline): before == after
@@ -381,6 +406,7 @@ def adaptation_curve(
     metric: Callable[[Params, Any], Tensor],
     alpha: AlphaSchedule,
     adapts: Adapts = None,
+    per_step: PerStep = frozenset(),
 ) -> Tensor:
     """`metric` on the query after 0, 1, ..., `steps` inner steps: a tensor of shape [steps + 1].
 
@@ -392,7 +418,7 @@ def adaptation_curve(
         >>> curve.shape, bool(curve[-1] < curve[0])
         (torch.Size([4]), True)
     """
-    values = [metric(params, query)]
+    values = [metric(at_step(params, per_step, 0), query)]
     for adapted, _ in adaptation(
         params,
         alpha_params,
@@ -402,6 +428,7 @@ def adaptation_curve(
         alpha=alpha,
         first_order=True,
         adapts=adapts,
+        per_step=per_step,
     ):
         values.append(metric(adapted, query))
     return torch.stack(values)

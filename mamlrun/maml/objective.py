@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from mamlrun.maml.adapt import Adapts, TaskLoss, check_memory, task_meta_loss
+from mamlrun.maml.adapt import Adapts, PerStep, TaskLoss, check_memory, task_meta_loss
 from mamlrun.maml.alpha import AlphaSchedule
 from mamlrun.maml.chunks import num_tasks, task_chunks
 
@@ -72,6 +72,8 @@ class MetaObjective:
             recompute (each inner step is recomputed in the backward pass: second-order memory per
             task no longer grows with `steps`; eager mode, `compile` is not used); the same
             meta-gradient either way.
+        adapts: the parameters the inner loop moves (ANIL's head, BOIL's body; None: all).
+        per_step: per-step parameters (MAML++'s per-step BatchNorm), row k for inner step k.
 
     Example:
         >>> import torch
@@ -104,6 +106,7 @@ class MetaObjective:
         compile: bool = False,
         memory: str = "keep",
         adapts: Adapts = None,
+        per_step: PerStep = frozenset(),
     ) -> None:
         self.chunk_size = chunk_size
         self.memory = check_memory(memory)
@@ -115,6 +118,7 @@ class MetaObjective:
             first_order=first_order,
             memory=memory,
             adapts=adapts,
+            per_step=per_step,
         )
         batched = torch.func.vmap(one_task, in_dims=(None, 0, 0, None), randomness="different")
 

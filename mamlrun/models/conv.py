@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from mamlrun.models.norm import StepBatchNorm
 from mamlrun.runtime.errors import ConfigError, require_int
 
 
@@ -36,6 +37,8 @@ class Conv4(nn.Module):
             adapted in the inner loop but never meta-trained, so no class label starts ahead of
             another; one inner step makes class c's row alpha / N times (its support images' mean
             feature minus the mean over all support images).
+        per_step_norm: a BatchNorm weight and bias per inner step (MAML++'s BNWB, `StepBatchNorm`)
+            for `norm_steps` steps (the run's inner steps).
     """
 
     def __init__(
@@ -46,17 +49,24 @@ class Conv4(nn.Module):
         image_size: int = 28,
         pool: bool = False,
         zero_head: bool = False,
+        per_step_norm: bool = False,
+        norm_steps: int = 1,
     ) -> None:
         super().__init__()
         _positive("model.hidden", hidden)
         _positive("model.out_features", out_features)
+        if not isinstance(per_step_norm, bool):
+            raise ConfigError("model.per_step_norm", per_step_norm, "true or false")
+        steps = require_int("model.norm_steps", norm_steps, 0, "the inner steps of per-step BatchNorm")
         self.pool = pool
         blocks: list[nn.Module] = []
         channels, size = in_channels, image_size
         for _ in range(4):
             blocks += [
                 nn.Conv2d(channels, hidden, 3, stride=1 if pool else 2, padding=1),
-                nn.BatchNorm2d(hidden, track_running_stats=False),
+                StepBatchNorm(hidden, steps)
+                if per_step_norm
+                else nn.BatchNorm2d(hidden, track_running_stats=False),
                 nn.ReLU(),
             ]
             if pool:

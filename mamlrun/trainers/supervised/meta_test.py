@@ -47,6 +47,7 @@ def adaptation_curves(parts: SupervisedParts, tasks: TaskBatch, steps: int) -> T
             metric=parts.task_metric,
             alpha=alpha,
             adapts=parts.adapts,
+            per_step=parts.per_step,
         )
 
     batched = torch.func.vmap(one_task, randomness="different")
@@ -121,6 +122,7 @@ def predictor(parts: SupervisedParts) -> Predict:
             alpha=alpha,
             first_order=True,
             adapts=parts.adapts,
+            per_step=parts.per_step,
         )
         with torch.no_grad():
             return torch.func.functional_call(parts.model, adapted, (x,))

@@ -35,6 +35,7 @@ from mamlrun.evaluation import MetricSpec
 from mamlrun.inner_params import describe as describe_inner_params
 from mamlrun.inner_params import resolve_inner_params
 from mamlrun.maml import Adapts, AlphaSchedule, MetaObjective, alpha_at_test
+from mamlrun.models.norm import per_step_names
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import ConfigError, UserError, require_int
 from mamlrun.runtime.seeding import generator, seed_everything
@@ -111,6 +112,7 @@ class SupervisedParts:
     sampler: torch.Generator  # draws the meta-training batches
     sizes: TaskSizes
     adapts: Adapts = None  # the parameters the inner loop moves (inner_params; None: all)
+    per_step: frozenset[str] = frozenset()  # per-step BatchNorm parameters (model.per_step_norm)
     annealing: Annealing | None = None  # what changes with the iteration (MAML++)
     warmup: MetaObjective | None = None  # the first-order meta-gradient of order.first_order_iterations
     lr_schedule: LRScheduler | None = None  # lr_schedule=cosine (stepped after every meta-update)
@@ -224,6 +226,7 @@ def build(cfg: DictConfig, kind: SupervisedKind) -> SupervisedParts:
     parts = SupervisedParts(
         cfg, device, tasks, model, alpha, kind, optimizer, None, generator(cfg.seed, device), sizes, adapts
     )
+    parts.per_step = per_step_names(model)
     parts.annealing = read_annealing(cfg)
     parts.lr_schedule = build_lr_schedule(cfg, optimizer)
     objective = functools.partial(
@@ -235,6 +238,7 @@ def build(cfg: DictConfig, kind: SupervisedKind) -> SupervisedParts:
         compile=resolve_compile(cfg.compile, device, int(cfg.meta_iterations)),
         memory=cfg.get("memory", "keep"),
         adapts=adapts,
+        per_step=parts.per_step,
     )
     parts.objective = objective(first_order=parts.annealing.first_order)
     if parts.annealing.first_order_iterations and not parts.annealing.first_order:
