@@ -199,6 +199,7 @@ class SupervisedParts:
             f"{self.alpha.describe()} | {cfg.order.name} order | {cfg.inner_steps} inner step(s), "
             f"{cfg.eval.steps} at test | meta-batch {cfg.meta_batch}"
             + describe_inner_params(self.adapts, cfg)
+            + (f" | per-step BatchNorm ({len(self.per_step)} tensors)" if self.per_step else "")
             + (self.annealing.describe() if self.annealing is not None else "")
             + describe_lr_schedule(cfg)
             + (" | torch.compile" if self.objective.compiled else "")
