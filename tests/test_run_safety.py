@@ -91,7 +91,11 @@ def finished_run(tmp_path_factory) -> Path:
     [
         (["meta_batch=0"], "meta_batch=0 is invalid"),
         (["seed=5"], "holds a run with other settings (seed=0 in the checkpoint, 5 now)"),
-        (["order=first"], "(order.first_order=False in the checkpoint, True now; order.name='second'"),
+        (
+            ["order=first"],
+            "(order.first_order=False in the checkpoint, True now; "
+            "order.first_order_iterations=0 in the checkpoint, '<absent>' now; order.name='second'",
+        ),
         (["optimizer=sgd"], "optimizer._target_='torch.optim.Adam' in the checkpoint, 'torch.optim.SGD' now"),
         (
             ["domain.tasks.amplitude=[5.0,1.0]"],

@@ -67,7 +67,11 @@ def test_offline_run_files_hold_the_config_and_metrics(tmp_path):
     }
     assert config["meta_batch"] == "3"
     assert json.loads(config["domain"])["name"] == "sinusoid"
-    assert json.loads(config["order"]) == {"name": "second", "first_order": False}
+    assert json.loads(config["order"]) == {
+        "name": "second",
+        "first_order": False,
+        "first_order_iterations": 0,
+    }
     assert json.loads(config["logger"])["tags"] == ["ci"]
     history = [
         {item.key or "/".join(item.nested_key): item.value_json for item in r.history.item}
