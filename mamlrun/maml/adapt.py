@@ -377,18 +377,14 @@ def task_meta_loss(
         >>> grads["model"]["weight"].shape
         torch.Size([1, 1])
     """
-    adapted, pre, weighted = dict(meta_params["model"]), None, []
-    task_loss = inner["task_loss"]
-    for k, (adapted, loss) in enumerate(
-        adaptation(dict(meta_params["model"]), meta_params["alpha"], support, steps, **inner)
-    ):
+    theta = dict(meta_params["model"])
+    adapted, pre, weighted, task_loss = theta, None, [], inner["task_loss"]
+    for k, (adapted, loss) in enumerate(adaptation(theta, meta_params["alpha"], support, steps, **inner)):
         if k == 0:
             pre = loss
         if step_weights is not None and k < steps - 1:
             weighted.append(step_weights[k] * task_loss(adapted, query))
-    if steps == 0:  # the pretrain baseline: the query sees row 0 of per-step parameters
-        adapted = at_step(adapted, inner.get("per_step", frozenset()), 0)
-    post = task_loss(adapted, query)
+    post = task_loss(adapted, query)  # no steps: per-step layers read their row 0 themselves
     outer = post if step_weights is None or steps == 0 else sum(weighted, step_weights[steps - 1] * post)
     if pre is None:  # no inner loop (the pretrain baseline): before == after
         pre = post
@@ -418,7 +414,7 @@ def adaptation_curve(
         >>> curve.shape, bool(curve[-1] < curve[0])
         (torch.Size([4]), True)
     """
-    values = [metric(at_step(params, per_step, 0), query)]
+    values = [metric(params, query)]  # before adaptation: per-step layers read their row 0 themselves
     for adapted, _ in adaptation(
         params,
         alpha_params,
