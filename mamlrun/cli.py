@@ -5,6 +5,7 @@ mamlrun train [HYDRA ARGS...]     every argument goes to Hydra unchanged (overri
 mamlrun <overrides> | -m <sweep>  the same as `mamlrun train ...`
 mamlrun eval TARGET [OVERRIDES]   re-run the meta-test on a checkpoint or run directory
 mamlrun resume RUN_DIR [OVERRIDES] continue a run in its own directory (same overrides)
+mamlrun report PATH... [--by K]  a sweep's runs as a paper table (mean ± CI over seeds), report.md/.csv/.png
 mamlrun configs                   every config group, its options and what each is
 mamlrun version
 """
@@ -34,7 +35,7 @@ except ImportError:  # pragma: no cover - older typer
 
 # conf/ sits at the top of the repository; mamlrun/conf links to it so that wheels carry it too.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-COMMANDS = ("train", "eval", "resume", "configs", "version")
+COMMANDS = ("train", "eval", "resume", "report", "configs", "version")
 # groups whose option is not chosen in conf/config.yaml's defaults list
 IMPLICIT_DEFAULTS = {"hydra/launcher": "basic", "meta_test": "chosen by the domain"}
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -95,6 +96,9 @@ def run_hydra(args: list[str]) -> None:
         sys.stderr = stderr.stream
         stderr.release(drop=not user_wants_tracebacks and ended is not None)
         relay = parallel_sweep.end_relay()
+        from mamlrun.report.sweep_callback import write_pending
+
+        write_pending()  # a sweep a job's error ended (Hydra then skips on_multirun_end)
         if not user_wants_tracebacks:
             os.environ.pop("HYDRA_FULL_ERROR", None)
     if relay is not None and relay.requested is not None:
@@ -221,6 +225,46 @@ def describe_options(conf_dir: Path = CONF_DIR) -> dict[str, list[tuple[str, str
                 break
         groups.setdefault(str(rel.parent), []).append((path.stem, description))
     return groups
+
+
+@app.command()
+def report(
+    paths: Annotated[
+        list[str], typer.Argument(help="multirun directories, run directories or shell patterns (quoted)")
+    ],
+    by: Annotated[
+        list[str] | None, typer.Option("--by", help="group by these settings only (repeatable), e.g. --by order")
+    ] = None,
+    over: Annotated[
+        list[str] | None,
+        typer.Option("--over", help="aggregate over these settings (repeatable; default: seed)"),
+    ] = None,
+    eval_choice: Annotated[
+        str,
+        typer.Option(
+            "--eval", help="which meta-test: train (the run's own), latest (newest `mamlrun eval`), or an eval/<stamp> name"
+        ),
+    ] = "train",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="where report.md/.csv/.png go (default: the one sweep given, else .)")
+    ] = None,
+    latex: Annotated[bool, typer.Option("--latex", help="also write report.tex (booktabs)")] = False,
+) -> None:
+    """Aggregate finished runs into a paper table: mean ± 95 % CI across seeds per group, K and step."""
+    from mamlrun.report import build_report
+    from mamlrun.report.runs import is_sweep_dir
+    from mamlrun.runtime.errors import UserError
+
+    try:
+        result = build_report(paths, by=by or None, over=tuple(over or ("seed",)), eval_choice=eval_choice)
+        if out is None:
+            single = Path(paths[0])
+            out = single if len(paths) == 1 and single.is_dir() and is_sweep_dir(single) else Path(".")
+        files = result.write(out, latex=latex)
+    except UserError as exc:
+        fail(exc)
+    typer.echo(result.markdown())
+    typer.echo(f"wrote {', '.join(str(p) for p in files)}")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from mamlrun.config_checks import (
     upgrade_config,
 )
 from mamlrun.runtime import checkpoint as ckpt
+from mamlrun.report.sweep_callback import record_failure
 from mamlrun.runtime import distributed, parallel_sweep
 from mamlrun.runtime.errors import (
     RUN_PLACES,
@@ -86,6 +87,7 @@ def report_and_exit(exc: UserError | Interrupted) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):  # the terminal gets the line below instead
             handler.handle(record)
+    record_failure(str(exc), stopped=isinstance(exc, Interrupted))  # a sweep's report names the job's end
     parallel_job = parallel_sweep.in_worker_job()
     if isinstance(exc, Interrupted) and parallel_job:
         parallel_sweep.stopped_by(exc.signum)

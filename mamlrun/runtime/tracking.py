@@ -259,6 +259,13 @@ def eval_wandb_settings(cfg: Any, run_dir: Path, eval_name: str) -> dict[str, An
     }
 
 
+def sweep_group(sweep_dir: Path) -> str:
+    """The W&B group of a sweep's jobs: its directory's last two parts (`multirun/<date>/<time>` ->
+    `<date>_<time>`), so sweeps started at the same time on different days stay apart."""
+    sweep = Path(sweep_dir)
+    return f"{sweep.parent.name}_{sweep.name}" if sweep.parent.name else sweep.name
+
+
 def wandb_settings(cfg: Any) -> dict[str, Any] | None:
     """`wandb.init` keyword arguments from `cfg.logger`, or None when W&B is off.
 
@@ -276,8 +283,7 @@ def wandb_settings(cfg: Any) -> dict[str, Any] | None:
         from hydra.types import RunMode
 
         hydra_cfg = HydraConfig.get()
-        sweep = Path(hydra_cfg.sweep.dir)
-        sweep_name = f"{sweep.parent.name}_{sweep.name}" if sweep.parent.name else sweep.name
+        sweep_name = sweep_group(Path(hydra_cfg.sweep.dir))
         if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
             group = sweep_name
         if name is None:
