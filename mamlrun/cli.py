@@ -233,7 +233,8 @@ def report(
         list[str], typer.Argument(help="multirun directories, run directories or shell patterns (quoted)")
     ],
     by: Annotated[
-        list[str] | None, typer.Option("--by", help="group by these settings only (repeatable), e.g. --by order")
+        list[str] | None,
+        typer.Option("--by", help="group by these settings only (repeatable), e.g. --by order"),
     ] = None,
     over: Annotated[
         list[str] | None,
@@ -242,11 +243,13 @@ def report(
     eval_choice: Annotated[
         str,
         typer.Option(
-            "--eval", help="which meta-test: train (the run's own), latest (newest `mamlrun eval`), or an eval/<stamp> name"
+            "--eval",
+            help="which meta-test: train (the run's own), latest (newest `mamlrun eval`), or an eval/<stamp> name",
         ),
     ] = "train",
     out: Annotated[
-        Path | None, typer.Option("--out", help="where report.md/.csv/.png go (default: the one sweep given, else .)")
+        Path | None,
+        typer.Option("--out", help="where report.md/.csv/.png go (default: the one sweep given, else .)"),
     ] = None,
     latex: Annotated[bool, typer.Option("--latex", help="also write report.tex (booktabs)")] = False,
 ) -> None:

@@ -27,8 +27,8 @@ from mamlrun.config_checks import (
     run_defining_differences,
     upgrade_config,
 )
-from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.report.sweep_callback import record_failure
+from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime import distributed, parallel_sweep
 from mamlrun.runtime.errors import (
     RUN_PLACES,

@@ -103,7 +103,9 @@ def test_a_failed_and_a_diverged_job_are_listed_never_averaged(tmp_path):
     assert "2 run(s): 1 finished, 1 failed." in text
     assert "**failed**: optimizer.lr=inf is invalid" in text
     assert {r["n"] for r in csv_rows(folder / "report.csv")} == {"1"}
-    diverged = sweep(tmp_path, "diverged", "optimizer.lr=1e8", "alpha.value=1e4", expect=3)  # exit 3: diverged
+    diverged = sweep(
+        tmp_path, "diverged", "optimizer.lr=1e8", "alpha.value=1e4", expect=3
+    )  # exit 3: diverged
     text = (diverged / "report.md").read_text()
     assert "**diverged**: training diverged" in text and "|---|" not in text  # no table of nothing
 
