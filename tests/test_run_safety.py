@@ -105,6 +105,9 @@ def finished_run(tmp_path_factory) -> Path:
             ["compile=maybe", "meta_iterations=6"],
             "compile='maybe' is invalid",
         ),  # found while building the parts
+        # a finished run: every value is checked before it is called finished
+        (["optimizer.lr=inf"], "optimizer.lr=inf is invalid: the meta learning rate must be a finite number > 0"),
+        (["compile=maybe"], "compile='maybe' is invalid"),
     ],
 )
 def test_a_rejected_command_leaves_an_existing_run_byte_identical(finished_run, overrides, message):
