@@ -21,6 +21,7 @@ from omegaconf.errors import InterpolationKeyError
 from torch import nn
 
 from mamlrun.maml import AlphaSchedule, alpha_at_test
+from mamlrun.models.base import not_meta_trained
 from mamlrun.runtime.distributed import world
 from mamlrun.runtime.errors import ConfigError, UserError
 
@@ -103,7 +104,7 @@ def build_alpha(cfg: DictConfig, model: nn.Module) -> AlphaSchedule:
 def meta_trained_parameters(cfg: DictConfig, model: nn.Module) -> list[nn.Parameter]:
     """The model's parameters the outer step trains: all but those the model keeps at their init
     (`model.zero_head`: the head, which then learns only in the inner loop, so it needs one)."""
-    frozen = set(getattr(model, "not_meta_trained", ()))
+    frozen = set(not_meta_trained(model))
     if frozen and int(cfg.inner_steps) < 1:
         raise ConfigError(
             "model.zero_head",

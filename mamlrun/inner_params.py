@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from mamlrun.maml import Adapts
+from mamlrun.models.base import not_meta_trained
 from mamlrun.models.norm import per_step_names
 from mamlrun.runtime.errors import ConfigError
 
@@ -70,8 +71,8 @@ def resolve_inner_params(cfg: DictConfig, model: nn.Module) -> Adapts:
         raise ConfigError("inner_params", setting, f"choose {VALID}")
     if not set(chosen) - per_step_names(model):  # per-step BatchNorm rows are meta-trained, never adapted
         raise ConfigError("inner_params", setting, f"it leaves {model_name} nothing to adapt: choose {VALID}")
-    not_meta_trained = set(getattr(model, "not_meta_trained", ()))
-    idle = [n for n in names if n in not_meta_trained and n not in chosen]
+    frozen = set(not_meta_trained(model))
+    idle = [n for n in names if n in frozen and n not in chosen]
     if idle:
         raise ConfigError(
             "inner_params",

@@ -314,3 +314,52 @@ def test_the_checker_reports_planted_cycles_and_layer_breaks(tmp_path: Path):
     violations = forbidden_imports(tmp_path, "pkg", importer, forbidden)
     assert [str(v) for v in violations] == ["pkg/maml/core.py:1: import pkg.trainers.x"]
     assert not forbidden_imports(tmp_path, "pkg", *LAYER_RULES["domains_do_not_know_trainers"])
+
+
+# ---------------------------------------------------------------------------- capability checks
+# The code that consumes domains and models asks their protocols (TaskDistribution's attributes,
+# models.base.MetaModel), never `hasattr(x, "...")` or `getattr(x, "...", default)`: a capability
+# found by name is invisible to the protocol, to type checkers and to the next reader.
+CONSUMERS = ("trainers", "maml", "build.py", "inner_params.py", "evaluation.py", "run.py", "report")
+
+
+def capability_checks(root: Path, package: str, consumers: Sequence[str] = CONSUMERS) -> list[str]:
+    """`path:line: call` for every hasattr(...) and every getattr(obj, "name", default) in the consumers."""
+    found = []
+    for module, path in sorted(module_files(root, package).items()):
+        relative = path.relative_to(root / package).as_posix()
+        if not any(relative == c or relative.startswith(f"{c}/") for c in consumers):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            named = (
+                len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+            )
+            if (node.func.id == "hasattr") or (node.func.id == "getattr" and named and len(node.args) == 3):
+                found.append(f"{path.relative_to(root).as_posix()}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_capability_checks_by_name_on_domains_and_models():
+    found = capability_checks(ROOT, PACKAGE)
+    assert not found, "ask the protocol instead:\n" + "\n".join(found)
+
+
+def test_the_capability_checker_finds_planted_checks(tmp_path: Path):
+    write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/trainers/__init__.py": "",
+            "pkg/trainers/parts.py": 'def f(tasks, model):\n    if hasattr(tasks, "restrict_support"):\n'
+            '        return getattr(model, "not_meta_trained", ())\n    return getattr(model, "name")\n',
+            "pkg/runtime.py": 'def g(exc):\n    return getattr(exc, "reason", exc)\n',  # not a consumer
+        },
+    )
+    assert capability_checks(tmp_path, "pkg") == [
+        "pkg/trainers/parts.py:2: hasattr(tasks, 'restrict_support')",
+        "pkg/trainers/parts.py:3: getattr(model, 'not_meta_trained', ())",
+    ]

@@ -37,6 +37,21 @@ AdaptationFigure = Callable[[Mapping[int, TaskBatch], Predict, int, Path], Path]
 """`figure(test_sets by K, predict, test steps, path) -> path`: a domain's picture of adaptation."""
 
 
+class SupportRestriction(Protocol):
+    """A distribution whose inputs have a range, so the meta-test can draw support points from part
+    of it (`eval.support_range`, the sinusoid's extrapolation test)."""
+
+    def check_support_range(self, support_range: Sequence[float]) -> tuple[float, float]:
+        """(low, high), or a ConfigError naming `eval.support_range` and what is valid."""
+        ...
+
+    def restrict_support(
+        self, batch: TaskBatch, support_range: Sequence[float], generator: torch.Generator
+    ) -> tuple[TaskBatch, TaskBatch]:
+        """The tasks with support points from the range: (query over the whole range, query outside it)."""
+        ...
+
+
 class TaskDistribution(Protocol):
     """The interface the supervised trainer relies on.
 
@@ -44,10 +59,13 @@ class TaskDistribution(Protocol):
         splits: split name -> class ids, or None when train/val/test tasks are independent draws of
             one distribution (then validation always has tasks).
         adaptation_figure: draws the domain's picture of adaptation at meta-test, or None.
+        support_restriction: restricts the support points to part of the input range
+            (`eval.support_range`), or None when the inputs have no range (images).
     """
 
     splits: Mapping[str, Sequence[int]] | None
     adaptation_figure: AdaptationFigure | None
+    support_restriction: SupportRestriction | None
 
     def sample(
         self,

@@ -86,6 +86,11 @@ class SinusoidTasks:
     def check(self, shots: int, query: int, split: str, keys: tuple[str, str] = ("", "")) -> None:
         """Any number of points can be drawn from any task: nothing to check."""
 
+    @property
+    def support_restriction(self) -> SinusoidTasks:
+        """The sinusoid's inputs have a range (x_range): `eval.support_range` restricts it itself."""
+        return self
+
     def check_support_range(self, support_range: Sequence[float]) -> tuple[float, float]:
         """`eval.support_range` as (low, high): inside x_range, and leaving part of it unseen."""
         low, high = _range("eval.support_range", support_range, "[0, 5]")

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,12 +55,12 @@ class SweepReport(Callback):
         if _is_multirun(config):
             self._record(config, status="running")
 
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config):
             return
-        status = getattr(getattr(job_return, "status", None), "name", "UNKNOWN").lower()
-        value = getattr(job_return, "_return_value", None)
-        if status == "completed":
+        status = job_return.status.name.lower()
+        value = job_return._return_value  # return_value raises the job's exception when it failed
+        if job_return.status == JobStatus.COMPLETED:
             self._record(config, status=status, value=_returned(value))
         elif type(value).__name__ != "JobEnded":  # JobEnded's line is recorded already (record_failure)
             first = str(value).strip().splitlines()[0] if str(value).strip() else type(value).__name__

@@ -86,7 +86,9 @@ class LogProgress:
         self.close()
 
 
-def progress_bar(cfg: DictConfig, total: int, initial: int = 0, desc: str = "meta-train") -> tqdm | LogProgress:
+def progress_bar(
+    cfg: DictConfig, total: int, initial: int = 0, desc: str = "meta-train"
+) -> tqdm | LogProgress:
     """tqdm's bar in a terminal; `LogProgress` lines in a log file; nothing when `progress` is off
     (and on every torchrun rank but 0: one bar per run)."""
     disable = not cfg.progress or world().rank != 0

@@ -33,6 +33,7 @@ class FewShotTasks:
     """
 
     adaptation_figure = None  # the meta-test's accuracy curve says it all
+    support_restriction = None  # images have no input range to restrict (eval.support_range)
 
     def __init__(self, data: ImageSet, splits: Mapping[str, Sequence[int]], ways: int, name: str) -> None:
         require_int("domain.ways", ways, 2, "N (classes per task; one class leaves nothing to classify)")

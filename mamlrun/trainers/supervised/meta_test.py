@@ -22,6 +22,7 @@ from mamlrun.domains.base import Predict, TaskBatch
 from mamlrun.evaluation import MetaTestOutcome, paper_numbers, to_result
 from mamlrun.maml import adapt, adaptation_curve
 from mamlrun.maml.chunks import task_chunks
+from mamlrun.runtime.errors import ConfigError
 from mamlrun.runtime.seeding import generator
 from mamlrun.trainers.supervised.parts import SupervisedParts
 
@@ -63,7 +64,12 @@ def eval_tasks(parts: SupervisedParts, num_tasks: int, shots: int, seed: int, sp
     support_range = cfg.eval.get("support_range")
     if support_range is None:
         return [tasks]
-    return list(parts.tasks.restrict_support(tasks, support_range, g))
+    restriction = parts.tasks.support_restriction
+    if restriction is None:  # check_fit refuses eval.support_range for such domains before training
+        raise ConfigError(
+            "eval.support_range", list(support_range), f"domain {cfg.domain.name} has no input range"
+        )
+    return list(restriction.restrict_support(tasks, support_range, g))
 
 
 def validate(parts: SupervisedParts) -> float:

@@ -277,7 +277,8 @@ def check_support_range(cfg: DictConfig, tasks: TaskDistribution) -> None:
     support_range = cfg.eval.get("support_range")
     if support_range is None:
         return
-    if not hasattr(tasks, "restrict_support"):
+    restriction = tasks.support_restriction
+    if restriction is None:
         raise ConfigError(
             "eval.support_range",
             list(support_range),
@@ -285,4 +286,4 @@ def check_support_range(cfg: DictConfig, tasks: TaskDistribution) -> None:
         )
     if not isinstance(support_range, ListConfig | list):
         raise ConfigError("eval.support_range", support_range, "give a [low, high] pair, e.g. [0, 5]")
-    tasks.check_support_range(list(support_range))
+    restriction.check_support_range(list(support_range))
