@@ -326,7 +326,7 @@ CONSUMERS = ("trainers", "maml", "build.py", "inner_params.py", "evaluation.py",
 def capability_checks(root: Path, package: str, consumers: Sequence[str] = CONSUMERS) -> list[str]:
     """`path:line: call` for every hasattr(...) and every getattr(obj, "name", default) in the consumers."""
     found = []
-    for module, path in sorted(module_files(root, package).items()):
+    for _, path in sorted(module_files(root, package).items()):
         relative = path.relative_to(root / package).as_posix()
         if not any(relative == c or relative.startswith(f"{c}/") for c in consumers):
             continue

@@ -23,8 +23,8 @@ LOG_EVERY_S = 30.0
 
 def clock_text(seconds: float) -> str:
     """H:MM:SS (MM:SS under an hour)."""
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
