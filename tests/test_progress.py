@@ -33,7 +33,7 @@ def test_log_lines_show_the_rate_of_the_last_interval_not_the_compiling_first_it
     assert re.search(r"\| 200\.\d\d it/s over the last 00:30 \|", steady), steady
     done = int(steady.split(": ")[1].split("/")[0])
     eta_minutes = (70_000 - done) / 200 / 60  # about 5 min 20 s at 200 it/s, not 600 hours
-    h, m, s = (["0"] + re.search(r"ETA (\S+)", steady).group(1).split(":"))[-3:]
+    h, m, s = ["0", *re.search(r"ETA (\S+)", steady).group(1).split(":")][-3:]
     assert abs(int(h) * 60 + int(m) + int(s) / 60 - eta_minutes) < 0.05, steady
     assert lines[-1].startswith("meta-train: 6101/70000") and "loss=0.1235" in lines[-1]
 
