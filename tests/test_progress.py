@@ -42,5 +42,7 @@ def test_a_run_logged_to_a_file_ends_with_a_progress_line(tmp_path):
     proc = run_cli("train", "debug=smoke", "progress=true", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("meta-train: ")]
-    assert lines and lines[-1].startswith("meta-train: 4/4 (100.0%) |") and "ETA 00:00" in lines[-1], proc.stderr
+    assert lines and lines[-1].startswith("meta-train: 4/4 (100.0%) |") and "ETA 00:00" in lines[-1], (
+        proc.stderr
+    )
     assert "\r" not in proc.stderr  # no tqdm redraws in a log

@@ -106,7 +106,10 @@ def finished_run(tmp_path_factory) -> Path:
             "compile='maybe' is invalid",
         ),  # found while building the parts
         # a finished run: every value is checked before it is called finished
-        (["optimizer.lr=inf"], "optimizer.lr=inf is invalid: the meta learning rate must be a finite number > 0"),
+        (
+            ["optimizer.lr=inf"],
+            "optimizer.lr=inf is invalid: the meta learning rate must be a finite number > 0",
+        ),
         (["compile=maybe"], "compile='maybe' is invalid"),
     ],
 )
