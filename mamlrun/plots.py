@@ -81,22 +81,64 @@ def curve_figure(
     return save_figure(draw_curves(results, title, ylabel, label), path)
 
 
-def training_curve_figure(metrics: Path, keys: Sequence[str], path: Path, title: str) -> Path | None:
-    """The `keys` recorded in a run's metrics.jsonl against meta-iterations, saved to `path`
-    (validation keys as markers); None when none of them was recorded."""
-    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
-    series = {key: [(row["step"], row[key]) for row in rows if row.get(key) is not None] for key in keys}
-    series = {key: points for key, points in series.items() if points}
-    if not series:
-        return None
+RAW_ALPHA = 0.25  # the raw per-record values, faint behind their running mean
+SMOOTH_POINTS = 50  # the running mean's window: about 1/50 of the records
+LOG_SPAN = 100.0  # a loss whose values span this factor or more is drawn on a log scale
+
+
+def running_mean(values: Sequence[float], window: int) -> list[float]:
+    """The mean of each value and up to `window - 1` before it (a trailing window: no future values)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def spans_decades(series: Sequence[Sequence[float]]) -> bool:
+    """All values positive and the largest at least LOG_SPAN times the smallest."""
+    values = [v for s in series for v in s]
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= LOG_SPAN
+
+
+def draw_training_curve(series: dict[str, list[tuple[int, float]]], title: str) -> Figure:
+    """Each training key's raw values (faint) and their running mean against meta-iterations;
+    validation keys as markers; a log scale when the losses span decades (a support loss that falls
+    from 4 to 0.01 over 70,000 iterations is a band of noise on a linear one)."""
     fig, (ax,) = new_figure(1, 6.5, 4)
+    losses = []
     for key, points in series.items():
         steps, values = zip(*points, strict=True)
-        marker = "o" if key.startswith("val/") else None
-        ax.plot(steps, values, marker=marker, ms=4, lw=1.2 if marker is None else 0.8, label=key)
+        if key.startswith("val/"):
+            ax.plot(steps, values, marker="o", ms=4, lw=0.8, label=key)
+            continue
+        window = max(1, len(values) // SMOOTH_POINTS)
+        (raw,) = ax.plot(steps, values, lw=0.6, alpha=RAW_ALPHA if window > 1 else 1.0)
+        if window > 1:
+            smooth = running_mean(values, window)
+            ax.plot(steps, smooth, lw=1.4, color=raw.get_color(), label=f"{key} (running mean of {window})")
+        else:
+            raw.set_label(key)
+        if "loss" in key:
+            losses.append(values)
+    if spans_decades(losses):
+        ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("meta-iteration")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_figure(fig, path)
+    return fig
+
+
+def training_curve_figure(metrics: Path, keys: Sequence[str], path: Path, title: str) -> Path | None:
+    """The `keys` recorded in a run's metrics.jsonl against meta-iterations (`draw_training_curve`),
+    saved to `path`; None when none of them was recorded."""
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    series = {key: [(row["step"], row[key]) for row in rows if row.get(key) is not None] for key in keys}
+    series = {key: points for key, points in series.items() if points}
+    if not series:
+        return None
+    return save_figure(draw_training_curve(series, title), path)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import matplotlib.image
+import numpy as np
 import torch
 
 from mamlrun.domains.sinusoid import SinusoidTasks
 from mamlrun.evaluation import to_result
-from mamlrun.plots import draw_curves, training_curve_figure
+from mamlrun.plots import draw_curves, draw_training_curve, training_curve_figure
 from mamlrun.runtime.seeding import generator
 from mamlrun.trainers.rl.meta_test import RETURN
 
@@ -62,3 +63,32 @@ def test_the_training_curve_draws_the_recorded_keys_against_iterations(tmp_path)
     assert matplotlib.image.imread(path).shape[0] > 300
     assert training_curve_figure(metrics, ("train/loss",), tmp_path / "none.png", "x") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_long_noisy_loss_is_drawn_as_a_running_mean_over_faint_raw_values_on_a_log_scale():
+    rng = np.random.default_rng(0)
+    steps = list(range(0, 70_000, 10))  # 7000 records
+    trend = np.geomspace(4.0, 0.01, len(steps))
+    noisy = (trend * rng.lognormal(0.0, 0.8, len(steps))).tolist()
+    series = {
+        "train/support_loss_pre": list(zip(steps, noisy, strict=True)),
+        "val/mse_step1": [(69_990, 0.02)],
+    }
+    fig = draw_training_curve(series, "sinusoid")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"  # 4 -> 0.01 spans decades
+    raw, smooth, val = ax.lines
+    assert raw.get_alpha() is not None and raw.get_alpha() < 0.5 and smooth.get_alpha() in (None, 1.0)
+    window = len(steps) // 50
+    expected = np.convolve(noisy, np.ones(window), "full")[: len(noisy)] / np.minimum(
+        np.arange(1, len(noisy) + 1), window
+    )
+    assert np.allclose(smooth.get_ydata(), expected)
+    # the running mean is far steadier than the raw values around the trend
+    assert np.std(np.log(np.asarray(smooth.get_ydata()[window:]) / trend[window:])) < 0.3 * np.std(
+        np.log(np.asarray(noisy) / trend)
+    )
+    assert list(val.get_xdata()) == [69_990] and val.get_marker() == "o"
+    # a short run keeps its raw line and a linear scale
+    fig = draw_training_curve({"train/loss": [(1, 1.0), (2, 0.5), (3, 0.4)]}, "short")
+    assert fig.axes[0].get_yscale() == "linear" and len(fig.axes[0].lines) == 1
