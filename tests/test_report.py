@@ -135,7 +135,7 @@ def test_optuna_trials_are_listed_with_their_parameters(tmp_path):
 
 def test_the_sweep_report_goes_to_the_sweeps_wandb_group(tmp_path):
     folder = sweep(tmp_path, "wb", "logger=wandb", "seed=0,1")
-    runs = list((folder / "wandb").glob("offline-run-*"))
+    runs = list((folder / ".mamlrun" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # the report's run (the jobs log into their own folders)
     tables = list(runs[0].rglob("report/table*.table.json"))
     assert tables, list(runs[0].rglob("*"))

@@ -141,7 +141,7 @@ def log_to_wandb(config: DictConfig, sweep: Path, report: Any) -> None:
             name=f"{group}-report",
             job_type="report",
             mode=logger.get("mode", "offline"),
-            dir=str(sweep),
+            dir=str(sweep / ".mamlrun"),  # beside the job records, not among the job folders
             settings=wandb.Settings(init_timeout=float(logger.get("init_timeout") or 30)),
         )
         payload: dict[str, Any] = {

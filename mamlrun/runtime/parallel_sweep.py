@@ -216,7 +216,7 @@ def job_states(sweep_dir: Path) -> tuple[list[str], int]:
     from mamlrun.runtime.errors import UserError
 
     lines, finished = [], 0
-    for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
         if (job / "eval.json").is_file():
             finished += 1
             continue
