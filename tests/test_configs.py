@@ -180,7 +180,10 @@ def test_optuna_sweep_runs_and_sees_the_returned_metric(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert ckpt.load_checkpoint(trial / "checkpoints" / "last.pt")["iteration"] == 6
     assert OmegaConf.load(trial / ".hydra" / "config.yaml").alpha.value == alpha
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]  # no new trials
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == [
+        "0",
+        "1",
+    ]  # no new trials
     assert not (tmp_path / "multirun").exists()
 
 
