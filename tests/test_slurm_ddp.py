@@ -362,7 +362,9 @@ def test_slurm_ddp_on_two_simulated_nodes_trains_the_sinusoid_as_one_process(tmp
     for task_log in logs:
         assert "Job completed successfully" in task_log.read_text(), task_log.read_text()
     run = sweep / "0"
-    assert sorted(p.name for p in sweep.iterdir()) == [".submitit", "0", "multirun.yaml"]
+    assert sorted(p.name for p in sweep.iterdir()) == [
+        ".mamlrun", ".submitit", "0", "multirun.yaml", "report.csv", "report.md", "report.png"
+    ]  # fmt: skip
     log_text = (run / "mamlrun.log").read_text()
     assert log_text.count("world size 2 (torch.distributed, cpu per rank)") == 1, log_text
     assert log_text.count("torch threads:") == 1, log_text  # rank 1's records never reach the file

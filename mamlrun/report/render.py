@@ -15,6 +15,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
+
 from mamlrun.plots import new_figure, save_figure
 from mamlrun.report.aggregate import Cell, Section
 from mamlrun.report.runs import FINISHED, Run
@@ -209,6 +211,7 @@ def figure(sections: Sequence[Section], path: Path) -> Path | None:
             ax.fill_between(row.steps, low, high, alpha=0.2, color=line.get_color())
         for step, value in section.paper.get(shots, {}).items():
             ax.scatter([step], [value], marker="*", s=90, color="gray", zorder=5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{section.domain}, K={shots}")
         ax.set_xlabel("test-time gradient steps")
         ax.set_ylabel(f"{section.metric} ({section.unit})" if section.unit else section.metric)
