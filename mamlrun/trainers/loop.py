@@ -59,9 +59,8 @@ def train(
         if state is not None:
             check_same_run(state, cfg, run_dir)
             if int(state["iteration"]) >= int(cfg.meta_iterations) and (run_dir / EVAL_JSON).is_file():
-                recipe.build(
-                    cfg
-                ).close()  # every value checked as for a start: a bad one is refused, not "finished"
+                # every value checked as for a start: a bad one is refused, not "finished"
+                recipe.build(cfg).close()
             if finished_run(state, cfg, run_dir):
                 return sweep_result(cfg, run_dir, dict(state["best"]), None)
 
