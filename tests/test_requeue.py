@@ -210,3 +210,19 @@ def test_in_a_submitit_job_a_ctrl_c_after_its_signal_aborts_without_requeue(hand
         signal.raise_signal(signal.SIGUSR2)
         signal.raise_signal(signal.SIGINT)  # a Ctrl-C while stopping aborts at once, as outside submitit
     assert CALLS == []
+
+
+def test_interrupted_survives_pickling_from_a_worker() -> None:
+    """A joblib worker's Interrupted is pickled back to the sweep's process: it must arrive whole
+    (before, unpickling it failed and the parallel sweep's Ctrl-C ended in a traceback)."""
+    import pickle
+
+    from mamlrun.runtime.errors import Interrupted
+
+    back = pickle.loads(pickle.dumps(Interrupted(15, "stopped at iteration 7")))
+    assert (type(back), back.signum, back.exit_code, str(back)) == (
+        Interrupted,
+        15,
+        143,
+        "stopped at iteration 7",
+    )

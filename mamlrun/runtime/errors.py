@@ -50,6 +50,12 @@ class Interrupted(BaseException):
         self.signum = signum
         self.exit_code = 128 + signum
 
+    def __reduce__(self) -> tuple[type[Interrupted], tuple[int, str]]:
+        """Pickled as its two arguments: a joblib worker's Interrupted reaches the sweep's process
+        (the default pickles only the message, and unpickling then fails: 'a result has failed to
+        un-serialize')."""
+        return (Interrupted, (self.signum, str(self)))
+
 
 def require_int(key: str, value: object, low: int, meaning: str, *, optional: bool = False) -> int | None:
     """`value` as an int >= `low` (None passes when `optional`), else a ConfigError naming `key`.
