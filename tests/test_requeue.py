@@ -213,11 +213,18 @@ def test_in_a_submitit_job_a_ctrl_c_after_its_signal_aborts_without_requeue(hand
 
 
 def test_interrupted_survives_pickling_from_a_worker() -> None:
-    """A joblib worker's Interrupted is pickled back to the sweep's process: it must arrive whole
-    (before, unpickling it failed and the parallel sweep's Ctrl-C ended in a traceback)."""
+    """A joblib worker's Interrupted (and ConfigError) is pickled back to the sweep's process: it
+    must arrive whole (before, unpickling failed and the parallel sweep's Ctrl-C ended in a traceback)."""
     import pickle
 
-    from mamlrun.runtime.errors import Interrupted
+    from mamlrun.runtime.errors import ConfigError, Interrupted
+
+    error = pickle.loads(pickle.dumps(ConfigError("optimizer.lr", float("inf"), "must be > 0")))
+    assert (type(error), error.key, str(error)) == (
+        ConfigError,
+        "optimizer.lr",
+        "optimizer.lr=inf is invalid: must be > 0",
+    )
 
     back = pickle.loads(pickle.dumps(Interrupted(15, "stopped at iteration 7")))
     assert (type(back), back.signum, back.exit_code, str(back)) == (

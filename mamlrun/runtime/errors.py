@@ -25,6 +25,10 @@ class ConfigError(UserError):
         super().__init__(f"{key}={value!r} is invalid: {valid}")
         self.key, self.value, self.valid = key, value, valid
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, object, str]]:
+        """Pickled as its three arguments (a worker's error reaches the sweep's process whole)."""
+        return (type(self), (self.key, self.value, self.valid))
+
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, unsafe or does not fit the configured run."""
@@ -54,7 +58,7 @@ class Interrupted(BaseException):
         """Pickled as its two arguments: a joblib worker's Interrupted reaches the sweep's process
         (the default pickles only the message, and unpickling then fails: 'a result has failed to
         un-serialize')."""
-        return (Interrupted, (self.signum, str(self)))
+        return (type(self), (self.signum, str(self)))
 
 
 def require_int(key: str, value: object, low: int, meaning: str, *, optional: bool = False) -> int | None:
