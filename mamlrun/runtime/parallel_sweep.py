@@ -68,9 +68,12 @@ _stopped: int | None = None  # the signal that stopped this worker's sweep (its 
 
 
 def _worker_handler(signum: int, frame: FrameType | None) -> None:
+    """The first stop signal ends the running job; later ones (Ctrl-C's SIGINT and the parent's
+    SIGTERM both arrive) are kept, so that none cuts into the job's one-line report."""
     global _stopped
+    first = _stopped is None
     _stopped = signum
-    if _in_job:
+    if _in_job and first:
         raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}")
 
 
@@ -96,6 +99,9 @@ def worker_job() -> Iterator[None]:
     _in_job = True
     try:
         yield
+    except Interrupted as exc:  # a stop that came after the job's report began: still the job's end
+        stopped_by(exc.signum)
+        raise JobEnded(exc.exit_code, str(exc)) from None
     finally:
         _in_job = False
 
@@ -198,6 +204,11 @@ class SweepSignals(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _relay is not None:
             _relay.stop()
+
+
+def sweep_stopping() -> bool:
+    """A signal is stopping this process's parallel sweep."""
+    return _relay is not None and _relay.requested is not None
 
 
 def end_relay() -> SweepRelay | None:
