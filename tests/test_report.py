@@ -110,6 +110,24 @@ def test_a_failed_and_a_diverged_job_are_listed_never_averaged(tmp_path):
     assert "**diverged**: training diverged" in text and "|---|" not in text  # no table of nothing
 
 
+def test_a_run_whose_meta_test_did_not_end_is_listed_with_where_it_saved(order_sweep, tmp_path):
+    """A run killed after training (last.pt at its final iteration, no eval.json) is unfinished,
+    with the line the sweep's stop prints too, never averaged."""
+    import shutil
+
+    from mamlrun.runtime import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(order_sweep / "0", run)
+    (run / "eval.json").unlink()
+    total = ckpt.load_checkpoint(run / "checkpoints" / ckpt.LAST)["iteration"]
+    proc = run_cli("report", str(run), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert f"**unfinished**: saved at iteration {total} of {total} (training done, the meta-test not)" in text
+    assert "1 run(s): 1 unfinished." in text and "|---|" not in text  # no table of nothing
+
+
 @needs_omniglot
 def test_runs_of_two_domains_are_separated(order_sweep, tmp_path):
     omniglot = tmp_path / "omniglot"

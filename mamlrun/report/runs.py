@@ -255,9 +255,7 @@ def unfinished_state(run_dir: Path, record: Mapping[str, Any] | None, eval_choic
         from mamlrun.runtime import checkpoint as ckpt
 
         try:
-            state = ckpt.load_checkpoint(last)
-            total = OmegaConf.create(state["config"]).get("meta_iterations") if "config" in state else None
-            where = f"saved at iteration {state.get('iteration')}" + (f" of {total}" if total else "")
+            where = ckpt.saved_position(last)
         except (UserError, KeyError, TypeError):
             where = "its last checkpoint is unreadable"
         return "unfinished", where + (f" ({error})" if error else "")

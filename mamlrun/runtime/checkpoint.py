@@ -99,6 +99,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
+def saved_position(path: Path) -> str:
+    """Where the checkpoint at `path` stands, as the sweep's and the report's lines say it:
+    "saved at iteration I of N" (N: the run's meta_iterations, where recorded); a CheckpointError
+    where it is missing or unreadable."""
+    from omegaconf import OmegaConf
+
+    state = load_checkpoint(path)
+    iteration = state.get("iteration")
+    total = OmegaConf.create(state["config"]).get("meta_iterations") if "config" in state else None
+    where = f"saved at iteration {iteration}" + (f" of {total}" if total else "")
+    if total and iteration == total:
+        where += " (training done, the meta-test not)"
+    return where
+
+
 def chosen_checkpoint(run_dir: Path, use: str) -> Path:
     """The checkpoint a run's meta-test uses: best.pt when `use` is "best" and validation wrote one,
     else last.pt (eval.use)."""

@@ -34,7 +34,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mamlrun.runtime.errors import Interrupted
 
@@ -236,16 +236,11 @@ def job_states(sweep_dir: Path) -> tuple[list[str], int]:
             continue
         resume = f"mamlrun resume {shlex.quote(str(job))}"
         try:
-            state = ckpt.load_checkpoint(ckpt.checkpoint_dir(job) / "last.pt")
+            where = ckpt.saved_position(ckpt.checkpoint_dir(job) / ckpt.LAST)
         except UserError:
             lines.append(f"job {job.name}: stopped before its first checkpoint; {resume} starts it again")
             continue
-        iteration = state.get("iteration")
-        total = OmegaConf.create(state["config"]).get("meta_iterations") if "config" in state else None
-        where = f"at iteration {iteration}" + (f" of {total}" if total else "")
-        if total and iteration == total:
-            where += " (training done, the meta-test not)"
-        lines.append(f"job {job.name}: saved {where}; {resume}")
+        lines.append(f"job {job.name}: {where}; {resume}")
     return lines, finished
 
 
