@@ -128,6 +128,20 @@ def test_a_run_whose_meta_test_did_not_end_is_listed_with_where_it_saved(order_s
     assert "1 run(s): 1 unfinished." in text and "|---|" not in text  # no table of nothing
 
 
+def test_a_run_with_a_damaged_overrides_file_is_still_reported(order_sweep, tmp_path):
+    """.hydra/overrides.yaml edited into bytes that are not UTF-8: the report still reads the
+    run's results (its settings then come from its config), no traceback."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(order_sweep / "0", run)
+    (run / ".hydra" / "overrides.yaml").write_bytes(b"- seed=\xff\xfe\n")
+    proc = run_cli("report", str(run), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "1 run(s): 1 finished." in (tmp_path / "out" / "report.md").read_text()
+
+
 @needs_omniglot
 def test_runs_of_two_domains_are_separated(order_sweep, tmp_path):
     omniglot = tmp_path / "omniglot"

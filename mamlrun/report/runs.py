@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mamlrun.runtime.errors import UserError
+from mamlrun.runtime.run_record import read_record
 
 EVAL_JSON = "eval.json"
 JOBS_DIR = Path(".mamlrun") / "jobs"  # inside a sweep directory: one record per job
@@ -210,12 +210,14 @@ def read_run(run_dir: Path, eval_choice: str, record: Mapping[str, Any] | None =
 
 
 def read_overrides(run_dir: Path) -> list[str] | None:
+    """The run's command-line overrides (.hydra/overrides.yaml); None where absent or unreadable
+    (the report lists such a run by its path and carries on)."""
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return None
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        loaded = read_record(path, advice="")
+    except UserError:
         return None
     return [str(o) for o in loaded] if isinstance(loaded, list) else None
 
