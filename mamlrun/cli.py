@@ -63,7 +63,6 @@ def run_hydra(args: list[str]) -> None:
 
     from mamlrun import hydra_cli
     from mamlrun.runtime import parallel_sweep
-    from mamlrun.runtime.errors import Interrupted
     from mamlrun.task import train as train_task
 
     if not (CONF_DIR / "config.yaml").is_file():
@@ -87,10 +86,6 @@ def run_hydra(args: list[str]) -> None:
     try:
         hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train_task)()
     except parallel_sweep.JobEnded as exc:  # a job of a parallel sweep reported its end (or a stop)
-        ended = exc
-    except Interrupted as exc:  # a job's stop that joblib passed up whole: the sweep's stop reports it
-        if not parallel_sweep.sweep_stopping():
-            raise
         ended = exc
     except Exception as exc:
         line = None if user_wants_tracebacks else hydra_cli.hydra_error_line(exc, overrides)

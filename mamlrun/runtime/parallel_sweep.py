@@ -206,11 +206,6 @@ class SweepSignals(Callback):
             _relay.stop()
 
 
-def sweep_stopping() -> bool:
-    """A signal is stopping this process's parallel sweep."""
-    return _relay is not None and _relay.requested is not None
-
-
 def end_relay() -> SweepRelay | None:
     """The command is over: the relay's handlers are put back; returns it (None: no parallel sweep)."""
     global _relay
