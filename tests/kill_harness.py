@@ -42,6 +42,13 @@ class Preset:
     overrides: tuple[str, ...]
     total: int  # meta_iterations
     timeout_s: float = 300.0
+    # Seconds each checkpoint write holds its temporary file before the rename (ckpt.WRITE_PAUSE_ENV):
+    # a run whose writes take a millisecond is otherwise hard to freeze inside one on a busy machine.
+    write_pause_s: float = 0.0
+
+    def environment(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` with this preset's write pause, if any."""
+        return {**base, ckpt.WRITE_PAUSE_ENV: str(self.write_pause_s)} if self.write_pause_s else base
 
     def command(self, run_dir: Path) -> list[str]:
         return [sys.executable, "-m", "mamlrun", "train", *self.overrides, f"hydra.run.dir={run_dir}"]
@@ -293,7 +300,7 @@ def attempt(preset: Preset, run_dir: Path, trigger: Trigger | None, logs: Path, 
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=preset.environment(env),
             cwd=run_dir.parent,
         )
         watch = Watch(proc, run_dir, record.resumed_from, preset.total)

@@ -55,6 +55,7 @@ NAV2D = Preset(  # the preset's own 3 iterations
         *EVERY_STEP,
     ),
     total=3,
+    write_pause_s=0.05,  # its checkpoints are small: a write takes about a millisecond
 )
 
 # The kinds of kill of each sequence, in order (see kill_harness.choose); one kill point each.

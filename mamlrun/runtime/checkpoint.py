@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from mamlrun.runtime.errors import CheckpointError
 FORMAT = "mamlrun-checkpoint"
 VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
+# Seconds a write holds its finished temporary file before the rename (0: none). A fault-injection
+# aid for the kill-anywhere tests: a small checkpoint is written in about a millisecond, too short
+# for a test to freeze the writer inside the write on a loaded machine. Never set it in real runs.
+WRITE_PAUSE_ENV = "MAMLRUN_FAULT_WRITE_PAUSE_S"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -44,6 +49,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
+        pause_before_rename()
         os.replace(tmp, path)
     except OSError as exc:  # a full disk, a quota, a file-size limit
         Path(tmp).unlink(missing_ok=True)
@@ -57,6 +63,13 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def pause_before_rename() -> None:
+    """Sleep `MAMLRUN_FAULT_WRITE_PAUSE_S` seconds where it is set (see WRITE_PAUSE_ENV)."""
+    pause = os.environ.get(WRITE_PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
 
 
 def remove_partial_writes(folder: Path) -> list[Path]:
