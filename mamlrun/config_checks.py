@@ -195,6 +195,8 @@ def upgrade_config(cfg: DictConfig) -> None:
     if str(cfg.model.get("_target_", "")).endswith("Conv4") and "per_step_norm" not in cfg.model:
         cfg.model.per_step_norm = False
         cfg.model.norm_steps = cfg.inner_steps
+    if str(cfg.model.get("_target_", "")).endswith("Conv4") and "norm_stats" not in cfg.model:
+        cfg.model.norm_stats = "batch"
     if "inner_params" not in cfg:
         cfg.inner_params = "all"
     if "lr_schedule" not in cfg:

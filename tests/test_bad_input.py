@@ -268,6 +268,14 @@ CASES: list[Case] = [
         f"{SMOKE} order=first order.first_order_iterations=5",
         "no setting named 'order.first_order_iterations'",
     ),
+    Case(
+        f"{OMNIGLOT} model.norm_stats=mean",
+        "model.norm_stats='mean' is invalid: choose batch (each batch's own statistics) or running",
+    ),
+    Case(
+        f"{OMNIGLOT} model.norm_stats=running",
+        "model.norm_stats='running' is invalid: running statistics are kept per inner step",
+    ),
     Case(f"{SMOKE} lr_schedule.name=cos", "lr_schedule.name='cos' is invalid: choose constant or cosine"),
     Case(
         f"{SMOKE} lr_schedule.name=cosine lr_schedule.min_lr=1",

@@ -7,6 +7,9 @@
   after every inner step (first and second order, 1 and 3 steps); the weights anneal to the last step.
 - Per-step BatchNorm (MAML++'s BNWB): inner step k reads row k of the BatchNorm weights (a plain
   loop that indexes the rows by hand gives the same meta-gradient, every row gets its own gradient).
+- Per-step running statistics (MAML++'s BNRS): row k holds step k's support and query statistics
+  (a plain loop computing them by hand agrees), the meta-test's predictions no longer depend on the
+  rest of the query batch, and they resume bit-identically.
 - Derivative-order annealing and the cosine learning rate follow the iteration: the order switches
   at `order.first_order_iterations`, and a run stopped just before the switch and resumed from its
   checkpoint ends bit-identical to an uninterrupted one.
@@ -22,12 +25,14 @@ import torch.nn.functional as F
 
 from mamlrun.maml import ConstantAlpha, LearnedAlpha, MetaObjective, adaptation, inner_step
 from mamlrun.models import Conv4
-from mamlrun.models.norm import per_step_names
+from mamlrun.models.norm import per_step_buffers, per_step_names
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.trainers.annealing import multi_step_weights
-from mamlrun.trainers.supervised.parts import REGRESSION, build
+from mamlrun.trainers.supervised.meta_test import predictor
+from mamlrun.trainers.supervised.parts import CLASSIFICATION, REGRESSION, build
+from mamlrun.trainers.supervised.statistics import collect_statistics
 from mamlrun.trainers.supervised.step import step
-from tests.conftest import compose_config
+from tests.conftest import compose_config, needs_omniglot
 from tests.test_meta_gradient import TASKS, assert_close, make_data, make_model, shapes, task_loss_for
 
 HEAD = frozenset({"4.weight", "4.bias"})  # make_model's last Linear
@@ -291,3 +296,117 @@ def test_the_mamlpp_preset_switches_on_each_fix_it_names():
     assert diff["order.first_order_iterations"] == (0, 500)
     assert diff["lr_schedule.name"] == ("constant", "cosine")
     assert diff["inner_steps"] == (1, 2) and diff["model.norm_steps"] == (1, 2)
+
+
+# ------------------------------------------------------------------ per-step running statistics (BNRS)
+RUNNING = [
+    "experiment=omniglot_minimal_20w1s_mamlpp",
+    "debug=smoke",
+    "model.hidden=8",
+    "meta_batch=2",
+    "meta_iterations=3",
+    "order.first_order_iterations=1",
+]
+
+
+def running_parts(stats: str = "running"):
+    parts = build(compose_config([*RUNNING, f"model.norm_stats={stats}"]), CLASSIFICATION)
+    batch = parts.sample(2, parts.sizes.shots, parts.sizes.query, torch.Generator().manual_seed(1), "train")
+    return parts, batch
+
+
+def plain_first_layer_statistics(parts, support, query, momentum=0.1):
+    """The first BatchNorm's per-step running mean and variance, written out by hand: per task in
+    order, textbook first-order inner steps (step k reads row k of the per-step weights), and for
+    step k the first conv's output on the support before it and on the query after it folded into
+    row k with the momentum (the variance unbiased, as BatchNorm's running variance is)."""
+    rows_named = parts.per_step
+    steps = int(parts.cfg.inner_steps)
+    channels = parts.model.features[0].out_channels
+    mean, var = torch.zeros(steps, channels), torch.ones(steps, channels)
+    alpha_params = {n: p.detach() for n, p in parts.alpha.named_parameters()}
+
+    def fold(k, params, x):
+        h = F.conv2d(x, params["features.0.weight"], params["features.0.bias"], stride=2, padding=1)
+        mean[k] = (1 - momentum) * mean[k] + momentum * h.mean((0, 2, 3))
+        var[k] = (1 - momentum) * var[k] + momentum * h.var((0, 2, 3), unbiased=True)
+
+    for t in range(support[0].shape[0]):
+        params = {
+            n: p.detach().requires_grad_(n not in rows_named) for n, p in parts.model.named_parameters()
+        }
+        for k in range(steps):
+            with torch.no_grad():
+                fold(k, params, support[0][t])
+            seen = {n: p[k] if n in rows_named else p for n, p in params.items()}
+            logits = torch.func.functional_call(parts.model, seen, (support[0][t],))
+            moving = [n for n in params if n not in rows_named]
+            grads = torch.autograd.grad(F.cross_entropy(logits, support[1][t]), [params[n] for n in moving])
+            rates = parts.alpha.rates(alpha_params, k)
+            params |= {
+                n: (params[n] - rates[n] * g).detach().requires_grad_()
+                for n, g in zip(moving, grads, strict=True)
+            }
+            with torch.no_grad():
+                fold(k, params, query[0][t])
+    return mean, var
+
+
+@needs_omniglot
+def test_per_step_running_statistics_fold_each_steps_own_batches_like_a_plain_loop():
+    parts, batch = running_parts()
+    norm = parts.model.features[1]
+    assert norm.running_mean.shape == (2, 8) and torch.equal(norm.running_mean, torch.zeros(2, 8))
+    want_mean, want_var = plain_first_layer_statistics(parts, batch.support, batch.query)
+    collect_statistics(parts, batch.support, batch.query)
+    torch.testing.assert_close(norm.running_mean, want_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, want_var, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(norm.running_mean[0], norm.running_mean[1])  # one shared row would be equal
+
+
+@needs_omniglot
+@pytest.mark.parametrize("stats", ["running", "batch"])
+def test_with_running_statistics_a_query_images_prediction_ignores_the_rest_of_its_batch(stats):
+    """BNRS makes the meta-test non-transductive: an image's logits are the same alone as among the
+    task's other query images; with the batch's statistics (the default) they are not."""
+    parts, batch = running_parts(stats)
+    collect_statistics(parts, batch.support, batch.query)
+    predict = predictor(parts)
+    support, images = (batch.support[0][0], batch.support[1][0]), batch.query[0][0]
+    together, alone = predict(support, 2, images)[:1], predict(support, 2, images[:1])
+    assert torch.allclose(together, alone, atol=1e-5) == (stats == "running")
+
+
+@needs_omniglot
+def test_running_statistics_move_with_training_and_resume_bit_identical(tmp_path):
+    straight, _ = running_parts()
+    for it in range(3):
+        step(straight, it)
+    assert not torch.equal(straight.model.features[1].running_mean, torch.zeros(2, 8))
+    stopped, _ = running_parts()
+    for it in range(2):
+        step(stopped, it)
+    ckpt.save_checkpoint(tmp_path / "last.pt", stopped.state_dict())
+    resumed, _ = running_parts()
+    resumed.load_state_dict(ckpt.load_checkpoint(tmp_path / "last.pt"), tmp_path / "last.pt")
+    step(resumed, 2)
+    a, b = flat(straight), flat(resumed)
+    assert "model.features.1.running_var" in a and a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+
+
+@needs_omniglot
+def test_the_meta_test_normalises_step_k_with_row_k_of_the_running_statistics():
+    """Changing row 1 of every running statistic leaves a one-step prediction as it was (step 0
+    and the query after it read row 0) and changes a two-step one (step 1 reads row 1)."""
+    parts, batch = running_parts()
+    collect_statistics(parts, batch.support, batch.query)
+    support, images = (batch.support[0][0], batch.support[1][0]), batch.query[0][0]
+    before = [predictor(parts)(support, steps, images) for steps in (1, 2)]
+    with torch.no_grad():
+        for name, buffer in per_step_buffers(parts.model).items():
+            buffer[1] = buffer[1] * 3 + (1 if name.endswith("var") else 0.5)
+    after = [predictor(parts)(support, steps, images) for steps in (1, 2)]
+    assert torch.equal(before[0], after[0])
+    assert not torch.allclose(before[1], after[1], atol=1e-3)

@@ -6,7 +6,9 @@
 
 BatchNorm keeps no running statistics (`track_running_stats=False`): it always normalises with the
 statistics of the batch it sees, in meta-training and at meta-test, as the paper's code does. That
-also keeps the networks stateless, which `torch.func.vmap` over tasks needs.
+also keeps the networks stateless, which `torch.func.vmap` over tasks needs. The exception is
+`norm_stats=running` (MAML++'s per-step running statistics, `models.norm`), which only validation
+and the meta-test read.
 """
 
 from __future__ import annotations
@@ -15,13 +17,32 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mamlrun.models.norm import StepBatchNorm
+from mamlrun.models.norm import NORM_STATS, StepBatchNorm
 from mamlrun.runtime.errors import ConfigError, require_int
 
 
 def _positive(key: str, value: int) -> int:
     """A layer size: an integer >= 1."""
     return require_int(key, value, 1, "a layer size")
+
+
+def check_norm_stats(norm_stats: object, per_step_norm: bool) -> bool:
+    """Whether `model.norm_stats` asks for running statistics; a one-line ConfigError when it names
+    no choice, or asks for them without per-step BatchNorm (whose rows hold them)."""
+    if not isinstance(norm_stats, str) or norm_stats not in NORM_STATS:
+        raise ConfigError(
+            "model.norm_stats",
+            norm_stats,
+            "choose batch (each batch's own statistics) or running (per-step running statistics, MAML++'s BNRS)",
+        )
+    if norm_stats == "running" and not per_step_norm:
+        raise ConfigError(
+            "model.norm_stats",
+            norm_stats,
+            "running statistics are kept per inner step, beside per-step BatchNorm weights: "
+            "set model.per_step_norm=true too, or use batch",
+        )
+    return norm_stats == "running"
 
 
 class Conv4(nn.Module):
@@ -39,6 +60,9 @@ class Conv4(nn.Module):
             feature minus the mean over all support images).
         per_step_norm: a BatchNorm weight and bias per inner step (MAML++'s BNWB, `StepBatchNorm`)
             for `norm_steps` steps (the run's inner steps).
+        norm_stats: what validation and the meta-test normalise with: "batch" (each batch's own
+            statistics, as in meta-training) or "running" (per-step running statistics collected in
+            meta-training, MAML++'s BNRS; needs `per_step_norm`).
     """
 
     def __init__(
@@ -51,6 +75,7 @@ class Conv4(nn.Module):
         zero_head: bool = False,
         per_step_norm: bool = False,
         norm_steps: int = 1,
+        norm_stats: str = "batch",
     ) -> None:
         super().__init__()
         _positive("model.hidden", hidden)
@@ -58,13 +83,14 @@ class Conv4(nn.Module):
         if not isinstance(per_step_norm, bool):
             raise ConfigError("model.per_step_norm", per_step_norm, "true or false")
         steps = require_int("model.norm_steps", norm_steps, 0, "the inner steps of per-step BatchNorm")
+        running = check_norm_stats(norm_stats, per_step_norm)
         self.pool = pool
         blocks: list[nn.Module] = []
         channels, size = in_channels, image_size
         for _ in range(4):
             blocks += [
                 nn.Conv2d(channels, hidden, 3, stride=1 if pool else 2, padding=1),
-                StepBatchNorm(hidden, steps)
+                StepBatchNorm(hidden, steps, running_stats=running)
                 if per_step_norm
                 else nn.BatchNorm2d(hidden, track_running_stats=False),
                 nn.ReLU(),

@@ -25,6 +25,7 @@ from mamlrun.maml.chunks import task_chunks
 from mamlrun.runtime.errors import ConfigError
 from mamlrun.runtime.seeding import generator
 from mamlrun.trainers.supervised.parts import SupervisedParts
+from mamlrun.trainers.supervised.statistics import test_time_norm, test_time_params
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def adaptation_curves(parts: SupervisedParts, tasks: TaskBatch, steps: int) -> T
 
     Tasks are vmapped in chunks of eval.chunk_size.
     """
-    frozen = {k: v.detach() for k, v in parts.model.named_parameters()}
+    frozen, per_step = test_time_params(parts)
     alpha = parts.alpha_at_test()
     alpha_params = {k: v.detach() for k, v in alpha.named_parameters()}
 
@@ -48,12 +49,13 @@ def adaptation_curves(parts: SupervisedParts, tasks: TaskBatch, steps: int) -> T
             metric=parts.task_metric,
             alpha=alpha,
             adapts=parts.adapts,
-            per_step=parts.per_step,
+            per_step=per_step,
         )
 
     batched = torch.func.vmap(one_task, randomness="different")
     chunks = task_chunks(int(parts.cfg.eval.chunk_size), tasks.support, tasks.query)
-    return torch.cat([batched(support, query).cpu() for support, query in chunks])
+    with test_time_norm(parts):
+        return torch.cat([batched(support, query).cpu() for support, query in chunks])
 
 
 def eval_tasks(parts: SupervisedParts, num_tasks: int, shots: int, seed: int, split: str) -> list[TaskBatch]:
@@ -114,11 +116,15 @@ def meta_test(parts: SupervisedParts, out_dir: Path) -> MetaTestOutcome:
 
 def predictor(parts: SupervisedParts) -> Predict:
     """`predict(support, steps, x)`: the model adapted `steps` steps on one task's support, at x."""
-    params = {k: v.detach() for k, v in parts.model.named_parameters()}
+    params, per_step = test_time_params(parts)
     alpha = parts.alpha_at_test()
     alpha_params = {k: v.detach() for k, v in alpha.named_parameters()}
 
     def predict(support: tuple[Tensor, Tensor], steps: int, x: Tensor) -> Tensor:
+        with test_time_norm(parts):
+            return adapted_at(support, steps, x)
+
+    def adapted_at(support: tuple[Tensor, Tensor], steps: int, x: Tensor) -> Tensor:
         adapted, _ = adapt(
             params,
             alpha_params,
@@ -128,7 +134,7 @@ def predictor(parts: SupervisedParts) -> Predict:
             alpha=alpha,
             first_order=True,
             adapts=parts.adapts,
-            per_step=parts.per_step,
+            per_step=per_step,
         )
         with torch.no_grad():
             return torch.func.functional_call(parts.model, adapted, (x,))

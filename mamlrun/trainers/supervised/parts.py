@@ -35,7 +35,7 @@ from mamlrun.evaluation import MetricSpec
 from mamlrun.inner_params import describe as describe_inner_params
 from mamlrun.inner_params import resolve_inner_params
 from mamlrun.maml import Adapts, AlphaSchedule, MetaObjective, alpha_at_test
-from mamlrun.models.norm import per_step_names
+from mamlrun.models.norm import per_step_buffers, per_step_names
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.errors import ConfigError, UserError, require_int
 from mamlrun.runtime.seeding import generator, seed_everything
@@ -199,11 +199,19 @@ class SupervisedParts:
             f"{self.alpha.describe()} | {cfg.order.name} order | {cfg.inner_steps} inner step(s), "
             f"{cfg.eval.steps} at test | meta-batch {cfg.meta_batch}"
             + describe_inner_params(self.adapts, cfg)
-            + (f" | per-step BatchNorm ({len(self.per_step)} tensors)" if self.per_step else "")
+            + (
+                f" | per-step BatchNorm ({len(self.per_step)} tensors{self.describe_stats()})"
+                if self.per_step
+                else ""
+            )
             + (self.annealing.describe() if self.annealing is not None else "")
             + describe_lr_schedule(cfg)
             + (" | torch.compile" if self.objective.compiled else "")
         )
+
+    def describe_stats(self) -> str:
+        """What validation and the meta-test normalise with, where it is not the batch's statistics."""
+        return ", per-step running statistics at test" if per_step_buffers(self.model) else ""
 
     def close(self) -> None:
         """Nothing to release."""

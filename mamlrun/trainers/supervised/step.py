@@ -4,6 +4,7 @@ sample a meta-batch of tasks on the device (support and query sets)
 meta-gradient: adapt on each support set (vmapped over tasks, in chunks of chunk_size),
                the query loss of each adapted model, its gradient w.r.t. theta and the alphas
 one meta-optimizer step
+(model.norm_stats=running: fold each inner step's BatchNorm statistics into its running row)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from mamlrun.runtime.distributed import world
 from mamlrun.trainers.recipe import Metrics
 from mamlrun.trainers.supervised.parts import SupervisedParts
+from mamlrun.trainers.supervised.statistics import collect_statistics
 
 
 def step(parts: SupervisedParts, iteration: int) -> Metrics:
@@ -28,6 +30,7 @@ def step(parts: SupervisedParts, iteration: int) -> Metrics:
         support, query = (support[0][mine], support[1][mine]), (query[0][mine], query[1][mine])
     weights = parts.annealing.step_weights(iteration, parts.device) if parts.annealing is not None else None
     result = parts.objective_at(iteration)(parts.meta_params(), support, query, weights)
+    collect_statistics(parts, batch.support, batch.query)  # model.norm_stats=running only
     grads = {
         p: result.grads[group][name]
         for group, module in parts.groups()
