@@ -30,7 +30,8 @@ def step(parts: SupervisedParts, iteration: int) -> Metrics:
         support, query = (support[0][mine], support[1][mine]), (query[0][mine], query[1][mine])
     weights = parts.annealing.step_weights(iteration, parts.device) if parts.annealing is not None else None
     result = parts.objective_at(iteration)(parts.meta_params(), support, query, weights)
-    collect_statistics(parts, batch.support, batch.query)  # model.norm_stats=running only
+    if parts.per_step:  # per-step BatchNorm; its running statistics with model.norm_stats=running only
+        collect_statistics(parts, batch.support, batch.query)
     grads = {
         p: result.grads[group][name]
         for group, module in parts.groups()
