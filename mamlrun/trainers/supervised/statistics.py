@@ -40,10 +40,10 @@ def test_time_norm(parts: SupervisedParts) -> Any:
 @torch.no_grad()
 def collect_statistics(parts: SupervisedParts, support: Any, query: Any) -> None:
     """Fold this meta-batch's per-step BatchNorm statistics into the running rows (see the module)."""
-    stats = per_step_buffers(parts.model)
-    if not stats:
+    full, rows = test_time_params(parts)  # the statistics by row, as the meta-test reads them
+    if rows == parts.per_step:  # no running statistics
         return
-    theta = {k: v.detach() for k, v in parts.model.named_parameters()}
+    theta = {n: p for n, p in full.items() if n not in rows or n in parts.per_step}
     alpha_params = {k: v.detach() for k, v in parts.alpha.named_parameters()}
     steps = int(parts.cfg.inner_steps)
 
@@ -68,13 +68,14 @@ def collect_statistics(parts: SupervisedParts, support: Any, query: Any) -> None
         adapted = batched(chunk)
         for t in range(len(chunk[0])):
             steps_of_task = [{n: p[t] for n, p in after.items()} for after in adapted]
-            fold(parts, theta | stats, steps_of_task, chunk[0][t], query[0][done + t])
+            fold(parts, full, rows, steps_of_task, chunk[0][t], query[0][done + t])
         done += len(chunk[0])
 
 
 def fold(
     parts: SupervisedParts,
     full: Mapping[str, Tensor],
+    rows: frozenset[str],
     adapted: list[dict[str, Tensor]],
     support_x: Tensor,
     query_x: Tensor,
@@ -82,8 +83,7 @@ def fold(
     """One task's forwards in "collect" mode: step k's support images at the parameters before it
     and the query images after it, each with row k of the per-step tensors (the statistics' rows
     are views, so the layers' in-place update reaches the buffers). `adapted`: the parameters after
-    each step."""
-    rows = parts.per_step | frozenset(per_step_buffers(parts.model))
+    each step; `rows`: the names read by step row."""
     before = dict(full)
     with norm_mode(parts.model, "collect"):
         for k, after in enumerate(adapted):
