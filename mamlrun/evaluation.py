@@ -71,6 +71,7 @@ class CurveResult:
     num_tasks: int
     paper: dict[str, float] = field(default_factory=dict)  # step -> the paper's figure, when known
     diverged_tasks: int = 0  # tasks whose metric became NaN/inf during adaptation (mean is then inf/nan)
+    unit: str = ""  # e.g. "%" (eval.json carries it per curve: a meta-test may report several metrics)
 
     @property
     def final(self) -> float:
@@ -90,6 +91,22 @@ class MetaTestOutcome:
     description: str  # what was measured, for the log line above the table
     headline: float
     figures: dict[str, Path] = field(default_factory=dict)  # W&B key -> PNG already written
+    more: list[tuple[MetricSpec, list[CurveResult]]] = field(
+        default_factory=list
+    )  # further metrics (success)
+
+    @property
+    def panels(self) -> list[tuple[MetricSpec, list[CurveResult]]]:
+        """Every metric with its curves, the main one first."""
+        return [(self.spec, self.results), *self.more]
+
+    @property
+    def all_results(self) -> list[CurveResult]:
+        return [r for _, results in self.panels for r in results]
+
+    def table(self) -> str:
+        """The meta-test table of each metric, one below the other."""
+        return "\n\n".join(format_table(results, spec) for spec, results in self.panels)
 
 
 def mean_ci95(values: Tensor) -> tuple[list[float], list[float]]:
@@ -103,7 +120,7 @@ def mean_ci95(values: Tensor) -> tuple[list[float], list[float]]:
 
 
 def to_result(
-    values: Tensor, metric: str, shots: int, paper: Mapping[int, float] | None = None
+    values: Tensor, metric: str, shots: int, paper: Mapping[int, float] | None = None, unit: str = ""
 ) -> CurveResult:
     """A [tasks, steps + 1] tensor of per-task values -> the curve's mean and CI."""
     mean, ci = mean_ci95(values)
@@ -116,6 +133,7 @@ def to_result(
         num_tasks=int(values.shape[0]),
         paper={str(k): float(v) for k, v in (paper or {}).items()},
         diverged_tasks=int((~torch.isfinite(values)).any(dim=1).sum()),
+        unit=unit,
     )
 
 
@@ -207,8 +225,8 @@ def report(
     steps lower than its last one); `log_table=False` leaves the table to the caller.
     """
     out_dir = Path(out_dir)
-    spec, results = outcome.spec, outcome.results
-    table = f"\n{format_table(results, spec)}" if log_table else " (table below, after W&B's summary)"
+    spec, results = outcome.spec, outcome.all_results
+    table = f"\n{outcome.table()}" if log_table else " (table below, after W&B's summary)"
     log.info(
         "meta-test %s, %s, checkpoint %s (iteration %s)%s",
         outcome.description,
@@ -218,8 +236,10 @@ def report(
         table,
     )
     with naming(out_dir / TABLE_TXT):
-        (out_dir / TABLE_TXT).write_text(format_table(results, spec) + "\n", encoding="utf-8")
-    curve = curve_figure(results, out_dir / CURVE_PNG, outcome.title, spec.axis_label, spec.curve)
+        (out_dir / TABLE_TXT).write_text(outcome.table() + "\n", encoding="utf-8")
+    curve = curve_figure(
+        [(curves, s.axis_label, s.curve) for s, curves in outcome.panels], out_dir / CURVE_PNG, outcome.title
+    )
     figures = {"eval/curve": curve, **outcome.figures}
     if tracker is not None:
         metrics = wandb_metrics(results)

@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display needed: figures go to files
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -49,11 +50,14 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return Path(path)
 
 
-def draw_curves(results: Sequence[Curve], title: str, ylabel: str, label: str = "K={shots}") -> Figure:
+def draw_curves(
+    results: Sequence[Curve], title: str, ylabel: str, label: str = "K={shots}", ax: Axes | None = None
+) -> Figure:
     """Metric vs test-time steps, mean with a shaded 95% CI, one line per curve (`label` may use
     {shots}; prefixed with the metric's name when the curves measure more than one), whole-number
-    step ticks, the paper's figures as stars."""
-    fig, (ax,) = new_figure(1, 5.5, 4)
+    step ticks, the paper's figures as stars. Into `ax` if given, else a figure of its own."""
+    if ax is None:
+        _, (ax,) = new_figure(1, 5.5, 4)
     several = len({r.metric for r in results}) > 1
     for r in results:
         name = label.format(shots=r.shots)
@@ -71,14 +75,20 @@ def draw_curves(results: Sequence[Curve], title: str, ylabel: str, label: str = 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return fig
+    return ax.figure
 
 
-def curve_figure(
-    results: Sequence[Curve], path: Path, title: str, ylabel: str, label: str = "K={shots}"
-) -> Path:
-    """`draw_curves`, saved to `path`."""
-    return save_figure(draw_curves(results, title, ylabel, label), path)
+def curve_figure(panels: Sequence[tuple[Sequence[Curve], str, str]], path: Path, title: str) -> Path:
+    """One `draw_curves` panel per metric, side by side, saved to `path`: `panels` are
+    (curves, y-axis label, legend label) triples (the meta-RL meta-test of Meta-World draws return
+    and success rate)."""
+    fig, axes = new_figure(len(panels), 5.5, 4)
+    several = len(panels) > 1  # then the title goes above the panels, each panel named by its metric
+    for ax, (results, ylabel, label) in zip(axes, panels, strict=True):
+        draw_curves(results, ylabel if several else title, ylabel, label, ax=ax)
+    if several:
+        fig.suptitle(title)
+    return save_figure(fig, path)
 
 
 RAW_ALPHA = 0.25  # the raw per-record values, faint behind their running mean

@@ -5,6 +5,7 @@ replaces the in-process smoke runs of the RL, Omniglot and MiniImageNet presets 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -38,8 +39,15 @@ def preset_overrides(preset: str, tmp_path: Path) -> list[str]:
     return overrides
 
 
+needs_metaworld = pytest.mark.skipif(
+    importlib.util.find_spec("metaworld") is None,
+    reason="Meta-World is not installed (pip install 'mamlrun[metaworld]'; make install has it)",
+)
+
+
 def preset_param(preset: str):
     marks = [needs_omniglot] if preset.startswith("omniglot") else []
+    marks += [needs_metaworld] if preset.startswith("ml1") else []
     return pytest.param(preset, marks=marks, id=preset)
 
 
@@ -51,6 +59,8 @@ def test_the_matrix_covers_every_preset_and_every_smoke_preset_runs_as_it_is(tmp
         "halfcheetah_dir_smoke",
         "ant_vel_smoke",
         "ant_dir_smoke",
+        "ml1_reach_smoke",
+        "ml10_smoke",
     }
     assert all("debug=smoke" not in preset_overrides(p, tmp_path) for p in smoke)
     assert len(PRESETS) >= 30
@@ -73,7 +83,9 @@ def test_every_preset_runs_from_the_cli_with_two_threads(tmp_path, preset):
         assert all(r["metric"] == "acc" and r["num_tasks"] == cfg.eval.tasks for r in results)
         assert all(0.0 <= m <= 100.0 for r in results for m in r["mean"])
     if cfg.domain.kind == "rl":
-        assert results[0]["metric"] == "return"
+        assert [r["metric"] for r in results] == (
+            ["return", "success"] if cfg.domain.name == "metaworld" else ["return"]
+        )
         assert (run / "trajectories.png").exists() == preset.startswith("nav2d")
         assert (run / "training_curve.png").stat().st_size > 10_000  # returns before/after adaptation
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

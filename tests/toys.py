@@ -39,11 +39,13 @@ class CountdownFamily:
     obs_dim = 2
     act_dim = 1
     episode_figure = None
+    signals: tuple[str, ...] = ()
+    held_out = False
 
     def __init__(self, horizon: int = 6, length: int = 3, fail_at: int | None = None) -> None:
         self.horizon, self.length, self.fail_at = horizon, length, fail_at
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[float]:
+    def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[float]:
         return [float(x) for x in rng.uniform(0, 1, size=n)]
 
     def make_env(self, num_envs: int) -> GymVectorEnv:

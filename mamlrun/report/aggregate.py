@@ -149,7 +149,7 @@ def aggregate(
         domain = str(run.results.get("domain", "?"))
         for curve in run.results["results"]:
             where = (domain, str(curve["metric"]))
-            units[where] = run.results.get("unit") or ""
+            units[where] = curve.get("unit") or run.results.get("unit") or ""
             sections.setdefault(where, {}).setdefault((label[keys[id(run)]], int(curve["shots"])), []).append(
                 (run, curve)
             )

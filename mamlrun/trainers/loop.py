@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mamlrun.config_checks import describe_differences, run_defining_differences, upgrade_config
-from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, format_table, report
+from mamlrun.evaluation import EVAL_JSON, MetaTestOutcome, report
 from mamlrun.plots import training_curve_figure
 from mamlrun.runtime import checkpoint as ckpt
 from mamlrun.runtime.distributed import world
@@ -210,7 +210,7 @@ def train_locked(
         if tracker is not None:
             tracker.finish(exit_code)
     if wandb_on:  # so the table comes once, after W&B's summary
-        table = format_table(outcome.results, outcome.spec)
+        table = outcome.table()
         log.info("meta-test on the checkpoint (also in %s)\n%s", run_dir / EVAL_JSON, table)
     return sweep_result(cfg, run_dir, best, outcome.headline)
 
@@ -392,9 +392,7 @@ def evaluate(
         parts.close()
         tracker.finish(exit_code)
     if wandb_on:
-        log.info(
-            "meta-test (also in %s)\n%s", out_dir / EVAL_JSON, format_table(outcome.results, outcome.spec)
-        )
+        log.info("meta-test (also in %s)\n%s", out_dir / EVAL_JSON, outcome.table())
     return outcome
 
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
+SUCCESS = "success"  # the signal of families scored by success rate (Meta-World's info["success"])
+
 
 class VectorEnv(Protocol):
     num_envs: int
@@ -41,6 +43,11 @@ class TaskFamily(Protocol):
 
     Attributes:
         episode_figure: draws episodes before and after adaptation at meta-test, or None.
+        signals: per-step info keys the sampler keeps in `Episodes.signals` (Meta-World's
+            "success"; empty for the paper's families); an episode's signal counts if it was
+            positive at any step.
+        held_out: whether `split="test"` draws other tasks than `split="train"` (False: the
+            paper's families draw both from one distribution and ignore the split).
     """
 
     name: str
@@ -48,7 +55,10 @@ class TaskFamily(Protocol):
     act_dim: int
     horizon: int
     episode_figure: EpisodeFigure | None
+    signals: tuple[str, ...]
+    held_out: bool
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]: ...
+    def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Any]:
+        """`n` tasks from `rng`: of the train split (meta-training, validation) or the test split (the meta-test)."""
 
     def make_env(self, num_envs: int) -> VectorEnv: ...

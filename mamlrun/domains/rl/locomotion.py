@@ -364,6 +364,9 @@ class GymVectorEnv:
 
     `vectorization`: sync steps every environment in this process; async splits them into
     `workers` contiguous groups, one process each (GroupedAsyncVectorEnv), with the same results.
+    `task_value`: what each environment's `mamlrun_task` is set to (float: a locomotion goal;
+    None: the task itself). `signals`: step-info keys kept after each step in `self.signals`
+    (tensors [num_envs]; Meta-World's success), for the sampler.
     """
 
     def __init__(
@@ -373,6 +376,8 @@ class GymVectorEnv:
         vectorization: str = "sync",
         task_reward: TaskRewardFn | None = None,
         workers: int = 1,
+        task_value: Callable[[Any], Any] | None = float,
+        signals: Sequence[str] = (),
     ) -> None:
         # NEXT_STEP autoreset: the step after an episode ends is a reset "dummy" step; the sampler
         # masks everything after an episode's end, so that step never reaches the data.
@@ -382,14 +387,18 @@ class GymVectorEnv:
             )
         else:
             self.envs = GroupedAsyncVectorEnv(make, num_envs, workers)
-        self.num_envs, self.task_reward = num_envs, task_reward
+        self.num_envs, self.task_reward, self.task_value = num_envs, task_reward, task_value
+        self.signal_keys = tuple(signals)
+        self.signals: dict[str, Tensor] = {}
         space = self.envs.single_action_space
         self.low, self.high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
         self.tasks = np.zeros(num_envs)
 
     def set_tasks(self, tasks: list[Any]) -> None:
-        self.envs.set_attr(TASK_ATTR, [float(t) for t in tasks])
-        self.tasks = np.asarray(tasks, dtype=np.float64)
+        values = list(tasks) if self.task_value is None else [self.task_value(t) for t in tasks]
+        self.envs.set_attr(TASK_ATTR, values)
+        if self.task_reward is not None:
+            self.tasks = np.asarray(tasks, dtype=np.float64)
 
     def reset(self, seeds: list[int]) -> Tensor:
         obs, _ = self.envs.reset(seed=[int(s) for s in seeds])
@@ -400,6 +409,11 @@ class GymVectorEnv:
         obs, reward, terminated, truncated, info = self.envs.step(clipped)
         if self.task_reward is not None:
             reward = self.task_reward(self.tasks, clipped, info)
+        zeros = np.zeros(self.num_envs)  # an environment resetting this step reports no info
+        self.signals = {
+            key: torch.as_tensor(np.asarray(info.get(key, zeros), dtype=np.float32))
+            for key in self.signal_keys
+        }
         done = torch.as_tensor(np.logical_or(terminated, truncated))
         return (torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(reward, dtype=torch.float32), done)
 
@@ -422,6 +436,8 @@ class LocomotionFamily:
     """
 
     episode_figure = None  # paths in 17 or 27 dimensions: the return curve says more
+    signals: tuple[str, ...] = ()  # scored by return alone
+    held_out = False  # train and test goals from one distribution
 
     def __init__(
         self,
@@ -457,7 +473,8 @@ class LocomotionFamily:
         self.horizon, self.vectorization = horizon, vectorization
         self.name = f"{env_id} {task}"
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[float]:
+    def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[float]:
+        """Goal velocities or directions; train and test tasks come from one distribution (the split is ignored)."""
         if self.kind == "velocity":
             return [float(v) for v in rng.uniform(*self.velocity_range, size=n)]
         return [float(d) for d in rng.choice([-1.0, 1.0], size=n)]

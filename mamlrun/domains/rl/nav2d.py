@@ -85,6 +85,8 @@ class Nav2DFamily:
     name = "nav2d"
     obs_dim = 2
     act_dim = 2
+    signals: tuple[str, ...] = ()  # scored by return alone
+    held_out = False  # train and test goals from one distribution
 
     def __init__(
         self,
@@ -107,7 +109,8 @@ class Nav2DFamily:
         self.goal_range, self.max_action, self.goal_radius = (low, high), max_action, goal_radius
         self.horizon, self.action_scale, self.goal_region = horizon, action_scale, goal_region
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[np.ndarray]:
+        """Goals U[goal_range]^2; train and test tasks come from this one distribution (the split is ignored)."""
         return list(rng.uniform(self.goal_range[0], self.goal_range[1], size=(n, 2)))
 
     def make_env(self, num_envs: int) -> Nav2DEnvs:

@@ -14,7 +14,7 @@ end where one process's would and a task's episodes do not depend on the number 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,10 +40,17 @@ class Episodes:
     rewards: Tensor
     mask: Tensor
     log_probs: Tensor  # under the policy that sampled them (no graph)
+    signals: dict[str, Tensor] = field(
+        default_factory=dict
+    )  # the family's per-step info, [T, H, R], 0 after the end
 
     def returns(self) -> Tensor:
         """Undiscounted return of each episode: [T, R]."""
         return (self.rewards * self.mask).sum(dim=1)
+
+    def ever(self, signal: str) -> Tensor:
+        """1.0 where an episode's signal was positive at any step it ran (Meta-World's success), else 0: [T, R]."""
+        return (self.signals[signal] > 0).any(dim=1).to(self.rewards.dtype)
 
     @property
     def env_steps(self) -> int:
@@ -125,6 +132,8 @@ class EpisodeSampler:
         out_rew = torch.zeros(horizon, n_tasks, r, device=self.device)
         out_mask = torch.zeros(horizon, n_tasks, r, device=self.device)
         out_logp = torch.zeros(horizon, n_tasks, r, device=self.device)
+        keys = tuple(self.family.signals)
+        out_signals = {key: torch.zeros(horizon, n_tasks, r, device=self.device) for key in keys}
         alive = torch.ones(n_tasks * r, dtype=torch.bool)
         for t in range(horizon):
             o = obs.to(self.device).view(n_tasks, r, d)
@@ -139,6 +148,8 @@ class EpisodeSampler:
             except Exception as exc:
                 raise self._failure(exc) from None
             out_rew[t] = (reward * alive).view(n_tasks, r).to(self.device)
+            for key in keys:
+                out_signals[key][t] = (env.signals[key] * alive).view(n_tasks, r).to(self.device)
             alive = alive & ~done
             if not alive.any():
                 break
@@ -156,4 +167,5 @@ class EpisodeSampler:
             tasks_first(out_rew),
             tasks_first(out_mask),
             tasks_first(out_logp),
+            {key: tasks_first(value) for key, value in out_signals.items()},
         )

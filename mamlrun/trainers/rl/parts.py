@@ -25,7 +25,7 @@ from mamlrun.build import (
     resolve_device,
     restore_optimizer,
 )
-from mamlrun.domains.rl.base import TaskFamily
+from mamlrun.domains.rl.base import SUCCESS, TaskFamily
 from mamlrun.domains.rl.sampler import Episodes, EpisodeSampler
 from mamlrun.inner_params import describe as describe_inner_params
 from mamlrun.inner_params import resolve_inner_params
@@ -88,7 +88,6 @@ class RLParts:
     annealing: Annealing | None = None  # what changes with the iteration (order.first_order_iterations)
     higher_is_better = True  # returns
     save_on_step_failure = True  # an environment may raise mid-iteration, after the RNGs moved
-    curve_keys = ("train/return_pre", "train/return_post")  # before and after adaptation
 
     def params(self) -> dict[str, Tensor]:
         return dict(self.policy.named_parameters())
@@ -152,8 +151,24 @@ class RLParts:
 
     # ------------------------------------------------------------------ what the loop asks
     @property
+    def reports_success(self) -> bool:
+        """Whether the family scores episodes by success (Meta-World): success rates join the returns."""
+        return SUCCESS in self.tasks.signals
+
+    @property
+    def select_by(self) -> str:
+        """What validation measures and best.pt maximises: return, or success (eval.select_by)."""
+        return str(self.cfg.eval.get("select_by", "return"))
+
+    @property
     def validation_key(self) -> str:
-        return "val/return_step1"
+        return f"val/{self.select_by}_step1"
+
+    @property
+    def curve_keys(self) -> tuple[str, ...]:
+        """training_curve.png's keys, before and after adaptation, in validation's units: success
+        rates when validation selects by success, else returns."""
+        return (f"train/{self.select_by}_pre", f"train/{self.select_by}_post")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -211,6 +226,7 @@ def build(cfg: DictConfig) -> RLParts:
     if not isinstance(outer, TRPO):  # a torch optimizer factory (_partial_: true)
         check_learning_rate(cfg)
         outer = outer(params=[p for m in (policy, alpha) for p in m.parameters()])
+    check_select_by(cfg, family)
     sampler = EpisodeSampler(family, policy, int(cfg.domain.rollouts), device)
     adapts = resolve_inner_params(cfg, policy)
     return RLParts(
@@ -225,6 +241,22 @@ def build(cfg: DictConfig) -> RLParts:
         adapts,
         read_annealing(cfg),
     )
+
+
+SELECT_BY = ("return", SUCCESS)
+
+
+def check_select_by(cfg: DictConfig, family: TaskFamily) -> None:
+    """eval.select_by: return, or success for a family that reports it."""
+    value = cfg.eval.get("select_by", "return")
+    if value not in SELECT_BY:
+        raise ConfigError("eval.select_by", value, f"choose {' or '.join(SELECT_BY)}")
+    if value == SUCCESS and SUCCESS not in family.signals:
+        raise ConfigError(
+            "eval.select_by",
+            value,
+            f"{family.name} reports no success (Meta-World does): use eval.select_by=return",
+        )
 
 
 def check_policy(cfg: DictConfig, policy: nn.Module, family: TaskFamily, device: torch.device) -> None:

@@ -17,6 +17,7 @@ import time
 import torch
 from torch import Tensor
 
+from mamlrun.domains.rl.base import SUCCESS
 from mamlrun.runtime.distributed import World, world
 from mamlrun.trainers.recipe import Metrics
 from mamlrun.trainers.rl.objective import outer_terms, validation_data
@@ -71,9 +72,21 @@ def step(parts: RLParts, iteration: int) -> Metrics:
         valid_eps.returns().sum() / (meta_batch * valid_eps.returns().shape[1]),
         torch.as_tensor(float(train_eps.env_steps + valid_eps.env_steps)),
     )
+    success = {}
+    if parts.reports_success:  # the percentage of episodes that succeeded, before and after adaptation
+        success_pre, success_post = summed(
+            ranks,
+            parts.device,
+            *(
+                100.0 * eps.ever(SUCCESS).sum() / (meta_batch * eps.rewards.shape[2])
+                for eps in (train_eps, valid_eps)
+            ),
+        )
+        success = {"train/success_pre": success_pre, "train/success_post": success_post}
     return {
         "train/return_pre": return_pre,
         "train/return_post": return_post,
+        **success,
         **update,
         "perf/sample_s": t1 - t0,
         "perf/update_s": t2 - t1,
