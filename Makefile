@@ -47,6 +47,7 @@ bench: install ## speed and memory benchmarks: vs learn2learn, memory=recompute,
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_sampling.py
+	$(PY) scripts/bench_sampling.py --env metaworld
 	$(PY) scripts/bench_baseline.py
 	$(PY) scripts/bench_scaling.py
 	$(PY) scripts/bench_torchrun.py

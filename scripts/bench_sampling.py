@@ -1,7 +1,9 @@
-"""RL sampling throughput on HalfCheetah-v5: `vectorization=sync` against `async` with W workers.
+"""RL sampling throughput: `vectorization=sync` against `async` with W workers, on HalfCheetah-v5
+(`--env halfcheetah`, the paper's locomotion) or Meta-World ML1 reach (`--env metaworld`, some 14x
+slower per step, where async matters most).
 
 Each contender is mamlrun's EpisodeSampler (the paper's 100x100 Gaussian policy on the CPU, masks,
-task rewards) on the same tasks and seeds, so every contender samples the very same episodes (the
+task rewards, kept step-info signals) on the same tasks and seeds, so every contender samples the very same episodes (the
 script checks it). Contenders are interleaved round by round (the machine may be shared), each
 first sampling one untimed batch that builds its vector env and starts its workers. The time
 spent inside the vector env's step is measured apart from the rest, which gives the model printed
@@ -17,6 +19,7 @@ W * t_msg overstates the messages' cost (a worker's share of the data shrinks as
 the model is a floor; the linear `W x one core's rate` is the ceiling.
 
     python scripts/bench_sampling.py                          # 40 tasks x 20 episodes x 200 steps
+    python scripts/bench_sampling.py --env metaworld          # ml1_reach_cpu's batch: 10 x 10 x 150
     python scripts/bench_sampling.py --workers 1,2,4,8,16     # on a 16-core node
     python scripts/bench_sampling.py --tasks 10 --rounds 3    # smaller, steadier medians
 """
@@ -24,45 +27,84 @@ the model is a floor; the linear `W x one core's rate` is the ceiling.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from mamlrun.domains.rl.locomotion import GymVectorEnv, LocomotionFamily
+from mamlrun.domains.rl.metaworld import MetaWorldFamily
 from mamlrun.domains.rl.sampler import EpisodeSampler
 from mamlrun.models import GaussianPolicy
 from mamlrun.runtime.threads import usable_cores
 
 
-class HollowCheetah(gym.Env):
-    """HalfCheetah's spaces and step info, no physics: what a worker's messages carry, at no cost."""
+class HollowEnv(gym.Env):
+    """An environment's spaces and step info, no physics: what a worker's messages carry, at no cost."""
 
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (17,), np.float64)
-    action_space = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
+    def __init__(self, obs_dim: int, act_dim: int, info: dict[str, float]) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
+        self.info = info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        return np.zeros(17), {}
+        return np.zeros(self.observation_space.shape), {}
 
     def step(self, action):
-        info = {"x_position": 0.0, "x_velocity": 0.1, "reward_forward": 0.1, "reward_ctrl": -0.1}
-        return np.zeros(17), 0.0, False, False, info
+        return np.zeros(self.observation_space.shape), 0.0, False, False, dict(self.info)
 
 
-def message_cost(n: int, steps: int = 100) -> float:
+@dataclass(frozen=True)
+class Workload:
+    """What one `--env` samples: its family, its spaces and step info, and its default batch."""
+
+    title: str
+    make_family: Callable[..., Any]  # (horizon=, vectorization=, workers=) -> a task family
+    obs_dim: int
+    act_dim: int
+    info: dict[str, float]  # one step's info (the hollow environment returns it)
+    batch: tuple[int, int, int]  # default tasks, episodes per task, horizon
+
+
+WORKLOADS = {
+    "halfcheetah": Workload(
+        "HalfCheetah-v5 velocity",
+        functools.partial(LocomotionFamily, "HalfCheetah-v5"),
+        17,
+        6,
+        {"x_position": 0.0, "x_velocity": 0.1, "reward_forward": 0.1, "reward_ctrl": -0.1},
+        (40, 20, 200),  # the paper's batch
+    ),
+    "metaworld": Workload(
+        "Meta-World ML1 reach-v3 (reward v2)",
+        functools.partial(MetaWorldFamily, "ML1", "reach-v3"),
+        39,
+        4,
+        dict.fromkeys(("success", "near_object", "grasp_success", "grasp_reward"), 0.0)
+        | dict.fromkeys(("in_place_reward", "obj_to_target", "unscaled_reward"), 0.0),
+        (10, 10, 150),  # ml1_reach_cpu's batch
+    ),
+}
+
+
+def message_cost(workload: Workload, n: int, steps: int = 100) -> float:
     """t_msg: what one async worker adds to a vector step of n environments, over stepping them
     in this process (the fastest of `steps` steps each way: scheduling delays left out)."""
     fastest = {}
     for vectorization in ("sync", "async"):
-        env = GymVectorEnv(HollowCheetah, n, vectorization, workers=1)
+        make = functools.partial(HollowEnv, workload.obs_dim, workload.act_dim, workload.info)
+        env = GymVectorEnv(make, n, vectorization, workers=1)
         try:
             env.reset(list(range(n)))
-            actions, samples = torch.zeros(n, 6), []
+            actions, samples = torch.zeros(n, workload.act_dim), []
             for _ in range(steps):
                 start = time.perf_counter()
                 env.step(actions)
@@ -73,24 +115,26 @@ def message_cost(n: int, steps: int = 100) -> float:
     return max(0.0, fastest["async"] - fastest["sync"])
 
 
-class TimedFamily(LocomotionFamily):
-    """The locomotion family whose vector envs add the wall time they spend in `step` to a total."""
+class StepClock:
+    """The wall time this process spends in `GymVectorEnv.step`, added up in `seconds`.
 
-    step_seconds = 0.0
+    The method is wrapped on the class, not on a family, so the families stay picklable for the
+    async workers; contenders sample one after another, so one total, reset before each, is enough."""
 
-    def make_env(self, num_envs: int) -> GymVectorEnv:
-        env = super().make_env(num_envs)
-        step = env.step
+    seconds = 0.0
 
-        def timed(actions: torch.Tensor):
+    @classmethod
+    def install(cls) -> None:
+        step = GymVectorEnv.step
+
+        def timed(env: GymVectorEnv, actions: torch.Tensor):
             start = time.perf_counter()
             try:
-                return step(actions)
+                return step(env, actions)
             finally:
-                self.step_seconds += time.perf_counter() - start
+                cls.seconds += time.perf_counter() - start
 
-        env.step = timed  # type: ignore[method-assign]
-        return env
+        GymVectorEnv.step = timed  # type: ignore[method-assign]
 
 
 @dataclass
@@ -100,7 +144,6 @@ class Contender:
     label: str
     vectorization: str
     workers: int | None
-    family: TimedFamily | None = None
     sampler: EpisodeSampler | None = None
     rates: list[float] = field(default_factory=list)  # env steps/s
     in_step: list[float] = field(default_factory=list)  # seconds in env.step per vector step
@@ -111,9 +154,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tasks", type=int, default=40, help="tasks per batch (the paper: 40)")
-    parser.add_argument("--episodes", type=int, default=20, help="episodes per task (the paper: 20)")
-    parser.add_argument("--horizon", type=int, default=200, help="episode length (the paper: 200)")
+    parser.add_argument("--env", choices=sorted(WORKLOADS), default="halfcheetah", help="what to sample")
+    parser.add_argument(
+        "--tasks", type=int, help="tasks per batch (halfcheetah: 40, the paper's; metaworld: 10)"
+    )
+    parser.add_argument("--episodes", type=int, help="episodes per task (halfcheetah: 20; metaworld: 10)")
+    parser.add_argument("--horizon", type=int, help="episode length (halfcheetah: 200; metaworld: 150)")
     parser.add_argument("--workers", default="1,2", help="async worker counts, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="timed batches per contender")
     parser.add_argument(
@@ -124,43 +170,47 @@ def main() -> None:
         "spinning after each policy call take the cores the workers step on",
     )
     args = parser.parse_args()
+    workload = WORKLOADS[args.env]
+    for name, default in zip(("tasks", "episodes", "horizon"), workload.batch, strict=True):
+        setattr(args, name, getattr(args, name) or default)
 
     n = args.tasks * args.episodes
     torch.set_num_threads(args.threads)
     print(
-        f"HalfCheetah-v5 velocity: {args.tasks} tasks x {args.episodes} episodes x {args.horizon} steps "
+        f"{workload.title}: {args.tasks} tasks x {args.episodes} episodes x {args.horizon} steps "
         f"= {n * args.horizon:,} env steps per batch ({n} envs); {usable_cores()} usable cores, "
         f"torch {torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}"
     )
     torch.manual_seed(0)
-    policy = GaussianPolicy(17, 6, hidden=[100, 100])
+    policy = GaussianPolicy(workload.obs_dim, workload.act_dim, hidden=[100, 100])
     params = {k: v.detach() for k, v in policy.named_parameters()}
     contenders = [Contender("sync", "sync", None)]
     for w in (int(x) for x in args.workers.split(",")):
         contenders.append(Contender(f"async, {w} worker{'s' if w > 1 else ''}", "async", w))
-    tasks = LocomotionFamily("HalfCheetah-v5").sample_tasks(args.tasks, np.random.default_rng(0))
+    tasks = workload.make_family().sample_tasks(args.tasks, np.random.default_rng(0))
     reference = None
+    StepClock.install()
     try:
         for c in contenders:
-            c.family = TimedFamily(
-                "HalfCheetah-v5", horizon=args.horizon, vectorization=c.vectorization, workers=c.workers
+            family = workload.make_family(
+                horizon=args.horizon, vectorization=c.vectorization, workers=c.workers
             )
-            c.sampler = EpisodeSampler(c.family, policy, args.episodes, torch.device("cpu"))
+            c.sampler = EpisodeSampler(family, policy, args.episodes, torch.device("cpu"))
             c.sampler.sample(tasks, params, False, np.random.default_rng(1), torch.Generator().manual_seed(1))
         for _ in range(args.rounds):
             for c in contenders:
-                assert c.family is not None and c.sampler is not None
-                c.family.step_seconds = 0.0
+                assert c.sampler is not None
+                StepClock.seconds = 0.0
                 start = time.perf_counter()
                 eps = c.sampler.sample(
                     tasks, params, False, np.random.default_rng(2), torch.Generator().manual_seed(2)
                 )
                 seconds = time.perf_counter() - start
-                vector_steps = int(eps.mask[0, :, 0].sum())  # HalfCheetah never ends early
+                vector_steps = int(eps.mask[0, :, 0].sum())  # neither environment ends an episode early
                 c.rates.append(eps.env_steps / seconds)
-                c.in_step.append(c.family.step_seconds / vector_steps)
-                c.outside.append((seconds - c.family.step_seconds) / vector_steps)
-                batch = (eps.obs, eps.actions, eps.rewards)
+                c.in_step.append(StepClock.seconds / vector_steps)
+                c.outside.append((seconds - StepClock.seconds) / vector_steps)
+                batch = (eps.obs, eps.actions, eps.rewards, *eps.signals.values())
                 reference = reference or batch
                 assert all(map(torch.equal, reference, batch)), f"{c.label} sampled other episodes"
     finally:
@@ -180,7 +230,7 @@ def main() -> None:
 
     t_env = statistics.median(contenders[0].in_step) / n
     t_main = statistics.median(contenders[0].outside)
-    t_msg = message_cost(n)
+    t_msg = message_cost(workload, n)
     print(
         f"\nmodel: t_main {1e3 * t_main:.2f} ms, t_msg {1e3 * t_msg:.2f} ms, t_env {1e6 * t_env:.1f} us "
         f"(one core: {1 / t_env:,.0f} env steps/s)"

@@ -155,6 +155,9 @@ CASES: list[Case] = [
     # ---- every group's own values
     Case(f"{SMOKE} model.hidden=[0]", "model.hidden[0]=0 is invalid: layer widths must be >= 1"),
     Case(f"{SMOKE} model.activation=swish", "model.activation='swish' is invalid"),
+    Case(f"{NAV} model.std_head=both", "model.std_head='both' is invalid: choose parameter or shared"),
+    Case(f"{NAV} model.mean_activation=relu", "model.mean_activation='relu' is invalid: choose null"),
+    Case(f"{NAV} model.min_std=1.5 model.max_std=0.5", "model.max_std=0.5 is invalid: must be above"),
     Case(f"{SMOKE} model=conv4", "model: needs domain.in_channels, which this configuration lacks"),
     Case(
         f"{SMOKE} optimizer.lr=inf",

@@ -45,6 +45,7 @@ NEEDS_DOMAIN = {
     ("model", "conv4_pool"): "miniimagenet",
     ("model", "mlp_fc"): "omniglot",
     ("model", "policy"): "nav2d",
+    ("model", "policy_metaworld"): "nav2d",  # metaworld's spaces need the extra; the policy does not
     ("optimizer", "trpo"): "nav2d",
 }
 

@@ -302,10 +302,12 @@ def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
     assert 0 < float(kl1) <= settings.max_kl
 
 
+@pytest.mark.parametrize("model", ["policy", "policy_metaworld"])
 @pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
-def test_rl_meta_gradient_matches_a_plain_autograd_loop(first_order):
-    """The surrogate's gradient through one REINFORCE step on fixed trajectories, vmapped vs a loop."""
-    parts = build_rl_parts(small_nav2d_cfg())
+def test_rl_meta_gradient_matches_a_plain_autograd_loop(first_order, model):
+    """The surrogate's gradient through one REINFORCE step on fixed trajectories, vmapped vs a loop;
+    also for garage's Meta-World policy, whose std depends on the observation."""
+    parts = build_rl_parts(small_nav2d_cfg(f"model={model}"))
     parts.alpha = ConstantAlpha(0.1, {n: p.shape for n, p in parts.policy.named_parameters()}, 1)
     _, train, valid = fixed_batch(parts)
     params = list(parts.policy.parameters())
@@ -356,6 +358,46 @@ def test_chunked_rl_outer_terms_equal_the_unchunked_ones(first_order):
             assert torch.equal(a, b), f"chunk_size={chunk_size}: {(a - b).abs().max()}"
 
 
+def test_the_paper_policy_is_unchanged_by_the_garage_options():
+    """Defaults: a linear mean and one log-std parameter per action (the paper's, and the names in
+    every checkpoint written before the options existed)."""
+    policy = GaussianPolicy(3, 2, hidden=[4])
+    assert [n for n, _ in policy.named_parameters()] == [
+        "log_std",
+        "mean.0.weight",
+        "mean.0.bias",
+        "mean.2.weight",
+        "mean.2.bias",
+    ]
+    with torch.no_grad():
+        policy.mean[-1].bias.fill_(5.0)
+    with torch.no_grad():
+        mean, log_std = policy(torch.zeros(6, 3))
+    assert float(mean.min()) > 4.0 and torch.equal(log_std, torch.zeros(6, 2))
+
+
+def test_garage_policy_squashes_the_mean_shares_the_std_head_and_bounds_the_std():
+    cfg = compose_config(["model=policy_metaworld", "domain=metaworld"])
+    policy = GaussianPolicy(
+        39, 4, **{k: cfg.model[k] for k in cfg.model if k not in ("_target_", "obs_dim", "act_dim")}
+    )
+    # 39 -> 128 -> 128 -> 8 (4 means, 4 log-stds), garage's share_mean_std network
+    assert sum(p.numel() for p in policy.parameters()) == 39 * 128 + 128 + 128 * 128 + 128 + 128 * 8 + 8
+    obs = torch.randn(64, 39, generator=torch.Generator().manual_seed(0))
+    _, log_std = policy(obs)
+    assert float((log_std - log_std[0]).abs().max().detach()) > 0  # the std depends on the observation
+    with torch.no_grad():
+        policy.net[-1].bias.copy_(torch.tensor([50.0, -50.0, 0.0, 0.0, 9.0, -9.0, 0.0, 0.0]))
+    mean, log_std = policy(obs)
+    mean = mean.detach()
+    assert float(mean.abs().max()) <= 1.0 and float(mean[:, 0].min()) > 0.99  # tanh: inside the action box
+    std = log_std.detach().exp()
+    assert torch.allclose(std[:, 0], torch.tensor(1.5)) and torch.allclose(std[:, 1], torch.tensor(0.5))
+    log_std[:, :2].sum().backward()  # clamped: no gradient pushes the std further out of its bounds
+    assert float(policy.net[-1].bias.grad[4:6].abs().max()) == 0.0
+    assert float(policy.net[-1].bias.grad[6:].abs().max()) == 0.0  # not in the loss either
+
+
 # ----------------------------------------------------------------------------- runs
 SMOKE_PRESETS = [e for e in options("experiment") if e.endswith("_smoke")]
 PAPER_PRESETS = [
@@ -404,8 +446,9 @@ CPU_PRESETS = [e for e in options("experiment") if e.endswith("_cpu")]
 
 
 def test_cpu_presets_keep_the_papers_horizon_and_trpo_at_a_quarter_of_its_data():
-    assert set(CPU_PRESETS) == {"halfcheetah_dir_cpu", "halfcheetah_vel_cpu", "ant_dir_cpu", "ant_vel_cpu"}
-    for name in CPU_PRESETS:
+    locomotion = {"halfcheetah_dir_cpu", "halfcheetah_vel_cpu", "ant_dir_cpu", "ant_vel_cpu"}
+    assert set(CPU_PRESETS) == locomotion | {"ml1_reach_cpu"}
+    for name in sorted(locomotion):
         cfg = compose_config([f"experiment={name}"])
         paper = compose_config([f"experiment={name.replace('_cpu', '_paper')}"])
         assert cfg.domain.name == paper.domain.name and cfg.optimizer == paper.optimizer
@@ -413,6 +456,42 @@ def test_cpu_presets_keep_the_papers_horizon_and_trpo_at_a_quarter_of_its_data()
         steps, paper_steps = (c.meta_batch * c.domain.rollouts for c in (cfg, paper))
         assert steps * 4 <= paper_steps, name
         assert cfg.domain.tasks.vectorization == "async" and cfg.threads == 1
+
+
+METAWORLD_PAPER = {
+    "ml1_reach_paper": "reach-v3",
+    "ml1_push_paper": "push-v3",
+    "ml1_pick_place_paper": "pick-place-v3",
+}
+
+
+@pytest.mark.parametrize("name", [*METAWORLD_PAPER, "ml10_paper"])
+def test_metaworld_paper_presets_hold_garages_maml_trpo_settings(name):
+    """garage's maml_trpo_metaworld_ml1 / _ml10 launchers (the Meta-World paper's MAML baseline)."""
+    cfg = compose_config([f"experiment={name}"])
+    ml10 = name == "ml10_paper"
+    assert (cfg.domain.tasks.benchmark, cfg.domain.tasks.env_name) == (
+        ("ML10", None) if ml10 else ("ML1", METAWORLD_PAPER[name])
+    )
+    assert cfg.meta_batch == (20 if ml10 else 25) and cfg.meta_iterations == 2000 and cfg.inner_steps == 1
+    assert (cfg.domain.rollouts, cfg.domain.horizon, cfg.domain.tasks.horizon) == (10, 500, 500)
+    assert cfg.domain.inner_lr == 1e-4 and cfg.alpha._target_.endswith("ConstantAlpha")
+    assert (cfg.domain.gamma, cfg.domain.gae_lambda, cfg.domain.normalize_advantages) == (0.99, 1.0, False)
+    assert cfg.optimizer._target_.endswith("TRPO") and cfg.optimizer.max_kl == 0.01
+    assert cfg.domain.tasks.reward_version == "v2" and cfg.eval.select_by == "success"
+    model = cfg.model
+    assert (list(model.hidden), model.activation, model.mean_activation) == ([128, 128], "tanh", "tanh")
+    assert (model.std_head, model.min_std, model.max_std) == ("shared", 0.5, 1.5)
+
+
+def test_ml1_reach_cpu_preset_is_the_paper_preset_at_an_eighth_of_its_data():
+    cfg, paper = (compose_config([f"experiment=ml1_reach_{s}"]) for s in ("cpu", "paper"))
+    assert cfg.domain.tasks.env_name == paper.domain.tasks.env_name == "reach-v3"
+    assert cfg.domain.tasks.reward_version == paper.domain.tasks.reward_version
+    steps, paper_steps = (c.meta_batch * c.domain.rollouts * c.domain.horizon for c in (cfg, paper))
+    assert steps * 8 <= paper_steps
+    assert cfg.eval.tasks == 50 and cfg.eval.select_by == "success"  # all of ML1's held-out goals
+    assert cfg.domain.tasks.vectorization == "async" and cfg.threads == 1
 
 
 def test_resumed_rl_run_is_bit_identical(tmp_path):
