@@ -123,6 +123,37 @@ def test_the_sampler_keeps_success_per_step_and_zero_after_an_episode_ends():
     assert set(episodes.signals["success"].unique().tolist()) <= {0.0, 1.0}
 
 
+def test_async_workers_sample_the_very_episodes_sync_does():
+    """vectorization=async (2 worker processes, a group of slots each) against sync, on two batches
+    of different goals: the tasks reach the workers' environments and the success signal comes back."""
+    torch.manual_seed(0)
+    policy = GaussianPolicy(39, 4, hidden=[8])
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    batches = {}
+    for vectorization, workers in (("sync", None), ("async", 2)):
+        family = MetaWorldFamily("ML1", "reach-v3", horizon=15, vectorization=vectorization, workers=workers)
+        sampler = EpisodeSampler(family, policy, rollouts=2, device=CPU)
+        try:
+            batches[vectorization] = [
+                sampler.sample(
+                    family.sample_tasks(3, np.random.default_rng(seed)),
+                    params,
+                    False,
+                    np.random.default_rng(seed),
+                    torch.Generator().manual_seed(seed),
+                )
+                for seed in (0, 1)
+            ]
+        finally:
+            sampler.close()
+    for a, b in zip(batches["sync"], batches["async"], strict=True):
+        for name in ("obs", "actions", "rewards", "mask"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(a.signals["success"], b.signals["success"])
+    first, second = batches["sync"]
+    assert not torch.equal(first.rewards, second.rewards)  # other goals: other rewards
+
+
 def test_validation_draws_train_tasks_and_the_meta_test_held_out_ones(monkeypatch, tmp_path):
     cfg = compose_config(["experiment=ml1_reach_smoke"])
     parts = build(cfg)
