@@ -303,7 +303,7 @@ def rl_suite(device: torch.device) -> None:
     from mamlrun.models import GaussianPolicy
     from mamlrun.trainers.rl.objective import outer_terms, validation_data
     from mamlrun.trainers.rl.parts import build as build_rl_parts
-    from mamlrun.trainers.rl.trpo import TRPO, trpo_step
+    from mamlrun.trainers.rl.trpo import TRPO, natural_gradient, trpo_step
 
     print(f"\nmeta-RL [{device.type}]")
     # 1. HalfCheetah: mamlrun's sampler (policy on the device, masks, task rewards) vs random actions
@@ -392,6 +392,26 @@ def rl_suite(device: torch.device) -> None:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"    {name:<14} {median:7.2f} s  ({median / total:5.1%})")
+
+    # 4. The natural gradient (the CG's 11 KL-curvature products and the surrogate's gradient) on
+    #    the last batch, with the KL's Hessian products (double backward) vs the Fisher's (J^T M J v),
+    #    interleaved, with 1 and 2 threads.
+    terms = outer_terms(parts, 1, False, data, valid)
+    threads = torch.get_num_threads()
+    print(
+        "  natural gradient on that batch, optimizer.curvature=hessian vs fisher (median of 3, interleaved):"
+    )
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        took: dict[str, list[float]] = {"hessian": [], "fisher": []}
+        for _ in range(3):
+            for curvature, values in took.items():
+                start = time.perf_counter()
+                natural_gradient(params, terms, TRPO(curvature=curvature))
+                values.append(time.perf_counter() - start)
+        hessian, fisher = (statistics.median(v) for v in took.values())
+        print(f"    {n} thread(s): hessian {hessian:6.2f} s, fisher {fisher:6.2f} s: {hessian / fisher:.2f}x")
+    torch.set_num_threads(threads)
 
 
 def main() -> None:

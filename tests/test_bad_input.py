@@ -157,6 +157,7 @@ CASES: list[Case] = [
     Case(f"{SMOKE} model.activation=swish", "model.activation='swish' is invalid"),
     Case(f"{NAV} model.std_head=both", "model.std_head='both' is invalid: choose parameter or shared"),
     Case(f"{NAV} model.mean_activation=relu", "model.mean_activation='relu' is invalid: choose null"),
+    Case(f"{NAV} optimizer.curvature=gauss", "optimizer.curvature='gauss' is invalid: choose fisher"),
     Case(f"{NAV} model.min_std=1.5 model.max_std=0.5", "model.max_std=0.5 is invalid: must be above"),
     Case(f"{SMOKE} model=conv4", "model: needs domain.in_channels, which this configuration lacks"),
     Case(

@@ -33,6 +33,10 @@ QueryLoss = Callable[[Params, Any], Tensor]
 """`query_loss(adapted_params, query) -> [terms]`: the outer terms of ONE task after adaptation."""
 
 HessianVectorProduct = Callable[[Tensor], Tensor]
+QueryOutputs = Callable[[Params, Any], tuple[Tensor, ...]]
+"""`outputs(adapted_params, query) -> outputs`: what ONE task's adapted model says of its query data."""
+OutputCurvature = Callable[[tuple[Tensor, ...], tuple[Tensor, ...], Any], tuple[Tensor, ...]]
+"""`curvature(outputs, tangents, query) -> C tangents`: a curvature matrix of ONE task at its outputs, applied."""
 TaskGather = Callable[[Tensor], Tensor]
 """`gather(per_task) -> all_tasks`: this process's per-task rows [t, ...] -> every task's [T, ...], in task order."""
 
@@ -71,6 +75,8 @@ class MetaTerms:
             inner step is recomputed in the backward pass); the same values, gradients and products.
         gather: these tasks' per-task rows -> the whole meta-batch's (under torchrun each rank
             holds a share of the tasks); default: these tasks are the meta-batch.
+        outputs, curvature: what one task's adapted model outputs on its query, and a curvature
+            matrix there (both or neither): `gauss_newton_product` needs them.
 
     Example:
         >>> import torch
@@ -109,6 +115,8 @@ class MetaTerms:
         memory: str = "keep",
         gather: TaskGather | None = None,
         adapts: Adapts = None,
+        outputs: QueryOutputs | None = None,
+        curvature: OutputCurvature | None = None,
     ) -> None:
         one_task = functools.partial(
             task_outer_terms,
@@ -120,19 +128,30 @@ class MetaTerms:
             memory=check_memory(memory),
             adapts=adapts,
         )
+        self._outputs = None
+        if outputs is not None and curvature is not None:
+            batched_outputs = torch.func.vmap(
+                functools.partial(one_task, query_loss=outputs), randomness="different"
+            )
+            self._outputs = (batched_outputs, torch.func.vmap(curvature))
+        self.memory = memory
         self._batched = torch.func.vmap(one_task, randomness="different")
         self.names = list(names)
         self.gather = gather or (lambda rows: rows)
         self.chunks = task_chunks(chunk_size, support, query)
 
+    def _grouped(self, tensors: Sequence[Tensor]) -> dict[str, dict[str, Tensor]]:
+        """Tensors in the order of `names` -> {"model": {...}, "alpha": {...}}, as the inner loop takes them."""
+        meta: dict[str, dict[str, Tensor]] = {"model": {}, "alpha": {}}
+        for (group, name), p in zip(self.names, tensors, strict=True):
+            meta[group][name] = p
+        return meta
+
     def _chunk_terms(self, params: Sequence[Tensor], chunk: tuple[Any, Any]) -> tuple[Tensor, list[Tensor]]:
         """This chunk's terms, one row per task, and the per-task copies of `params` they came from."""
         tasks = num_tasks(chunk[0])
         copies = [p.expand(tasks, *p.shape) for p in params]
-        meta: dict[str, dict[str, Tensor]] = {"model": {}, "alpha": {}}
-        for (group, name), p in zip(self.names, copies, strict=True):
-            meta[group][name] = p
-        return self._batched(meta, *chunk), copies
+        return self._batched(self._grouped(copies), *chunk), copies
 
     def _mean(self, rows: list[Tensor]) -> Tensor:
         """Per-task rows of this process's chunks -> the mean over the whole meta-batch (task order)."""
@@ -146,7 +165,10 @@ class MetaTerms:
 
     def _per_task_grads(self, out: Tensor, copies: list[Tensor], **kwargs: Any) -> Tensor:
         """d out.sum() / d copies, one flat row per task: [tasks, n_params]."""
-        grads = torch.autograd.grad(out.sum(), copies, allow_unused=True, **kwargs)
+        if "grad_outputs" in kwargs:  # d <out, grad_outputs> / d copies, out a tuple of outputs
+            grads = torch.autograd.grad(out, copies, allow_unused=True, **kwargs)
+        else:
+            grads = torch.autograd.grad(out.sum(), copies, allow_unused=True, **kwargs)
         return torch.cat(
             [
                 (torch.zeros_like(c) if g is None else g).reshape(c.shape[0], -1)
@@ -195,6 +217,55 @@ class MetaTerms:
             return self._mean(rows)
 
         return values, flatten(grads), chunked_hvp
+
+    @property
+    def has_gauss_newton(self) -> bool:
+        """Whether `gauss_newton_product` can run: outputs and curvature given, and forward-mode
+        differentiation through the inner loop (memory="recompute"'s recomputed step has none)."""
+        return self._outputs is not None and self.memory == "keep"
+
+    def gauss_newton_product(self, params: Sequence[Tensor]) -> HessianVectorProduct:
+        """v -> G v, G = the task-mean of J^T C J: J the Jacobian of one task's adapted `outputs` with
+        respect to the meta-parameters (through the inner update), C its `curvature` there.
+
+        For a term that is a function of the outputs with zero gradient there (a KL between the
+        sampling policy and the one re-adapted from the same parameters), G is its Hessian: TRPO's
+        Fisher matrix. Each product is one forward-mode pass (J v) and one reverse pass (J^T C J v)
+        per chunk: the term is never differentiated twice, nor the inner update three times. Rows
+        are per task, as everywhere here.
+        """
+        if not self.has_gauss_newton:
+            raise ValueError("gauss_newton_product needs outputs, curvature and memory='keep'")
+        batched_outputs, batched_curvature = self._outputs
+        kept: dict[int, tuple[tuple[Tensor, ...], list[Tensor]]] = {}  # one chunk: its graph, built once
+
+        def outputs_with_graph(index: int, chunk: tuple[Any, Any]) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+            if index in kept:
+                return kept[index]
+            tasks = num_tasks(chunk[0])
+            copies = [p.expand(tasks, *p.shape) for p in params]
+            out = (batched_outputs(self._grouped(copies), *chunk), copies)
+            if len(self.chunks) == 1:
+                kept[index] = out
+            return out
+
+        def product(v: Tensor) -> Tensor:
+            rows, tangent = [], unflatten(v, params)
+            for index, chunk in enumerate(self.chunks):
+                out, copies = outputs_with_graph(index, chunk)
+                tasks = num_tasks(chunk[0])
+                with torch.no_grad():  # forward-mode AD writes into its inputs: per-task copies, not views
+                    primals = self._grouped([p.detach().expand(tasks, *p.shape).clone() for p in params])
+                    tangents = self._grouped([t.expand(tasks, *t.shape).clone() for t in tangent])
+                    _, jv = torch.func.jvp(
+                        lambda meta, chunk=chunk: batched_outputs(meta, *chunk), (primals,), (tangents,)
+                    )
+                    cjv = batched_curvature(tuple(o.detach() for o in out), jv, chunk[1])
+                retain = len(self.chunks) == 1
+                rows.append(self._per_task_grads(out, copies, grad_outputs=cjv, retain_graph=retain).detach())
+            return self._mean(rows)
+
+        return product
 
 
 def unflatten(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:

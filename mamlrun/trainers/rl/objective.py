@@ -26,16 +26,37 @@ from mamlrun.runtime.distributed import World
 from mamlrun.trainers.rl.parts import RLParts
 
 
+def policy_outputs(
+    parts: RLParts, adapted: dict[str, Tensor], valid: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """One task's adapted policy on its validation observations: (mean, log_std)."""
+    return torch.func.functional_call(parts.policy, adapted, (valid["obs"],))
+
+
+def mean_kl(outputs: tuple[Tensor, Tensor], valid: dict[str, Tensor]) -> Tensor:
+    """One task's masked mean KL(sampling policy || policy with these outputs) over its validation steps."""
+    mask = valid["mask"]
+    kl = gaussian_kl(valid["old_mean"], valid["old_log_std"], *outputs)
+    return (kl * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def kl_curvature(
+    outputs: tuple[Tensor, Tensor], tangents: tuple[Tensor, Tensor], valid: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """The mean KL's Hessian with respect to one task's outputs, applied to `tangents` (at the sampling
+    policy: 1/std^2 for the mean, 2 for log_std, per valid step): TRPO's Fisher through `MetaTerms`."""
+    return torch.func.jvp(lambda o: torch.func.grad(mean_kl)(o, valid), (outputs,), (tangents,))[1]
+
+
 def surrogate_and_kl(parts: RLParts, adapted: dict[str, Tensor], valid: dict[str, Tensor]) -> Tensor:
     """One task's outer terms, [surrogate loss, KL], for its adapted policy on its validation episodes."""
-    mean, log_std = torch.func.functional_call(parts.policy, adapted, (valid["obs"],))
+    mean, log_std = policy_outputs(parts, adapted, valid)
     logp = gaussian_log_prob(mean, log_std, valid["actions"])
     mask = valid["mask"]
     n = mask.sum().clamp(min=1.0)
     ratio = torch.exp(logp - valid["old_logp"])
     loss = -(ratio * valid["adv"] * mask).sum() / n
-    kl = (gaussian_kl(valid["old_mean"], valid["old_log_std"], mean, log_std) * mask).sum() / n
-    return torch.stack([loss, kl])
+    return torch.stack([loss, mean_kl((mean, log_std), valid)])
 
 
 def outer_terms(
@@ -64,6 +85,8 @@ def outer_terms(
         memory=parts.cfg.get("memory", "keep"),
         gather=(ranks or World()).gather_tasks,
         adapts=parts.adapts,
+        outputs=functools.partial(policy_outputs, parts),
+        curvature=kl_curvature,
     )
 
 
